@@ -1,0 +1,87 @@
+"""Exported weights: one folder with ``config.json`` and ``model.safetensors``.
+
+This is the format the quickstart writes, the zoo publishes and :func:`create_model` reads
+back. Safetensors cannot run code on load, unlike a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from .config import FlavaConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: Any, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (a :class:`FlavaModel`) to ``directory``; each file is written atomically.
+
+    ``metadata`` (JSON-serialisable) is stored beside the config, e.g. the training recipe.
+    Returns the folder.
+    """
+    from . import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    record = {
+        "architecture": "flava",
+        "flava_zoo_version": __version__,
+        "config": model.config.to_dict(),
+        "metadata": metadata or {},
+    }
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(record, indent=2)))
+    return directory
+
+
+def read_config(directory: str | Path) -> FlavaConfig:
+    """Read the :class:`FlavaConfig` of an exported folder."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not an exported flava-zoo folder")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if "config" not in record:
+        raise ValueError(f"{path} has no 'config' field")
+    return FlavaConfig.from_dict(record["config"])
+
+
+def load_pretrained(directory: str | Path, strict: bool = True, **overrides: Any) -> Any:
+    """Build the model an exported folder describes and load its weights.
+
+    ``overrides`` may change only settings that leave the weights' shapes alone (for
+    example ``fusion`` cannot change, ``gradient_checkpointing`` can).
+    """
+    from .models.flava import FlavaModel
+
+    directory = Path(directory)
+    config = read_config(directory)
+    if overrides:
+        config = config.replace(**overrides)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist")
+    model = FlavaModel(config)
+    model.load_state_dict(load_file(str(weights)), strict=strict)
+    return model

@@ -1,0 +1,70 @@
+"""The ``flava-zoo`` command line.
+
+``flava-zoo tour`` builds each named size and encodes a batch; the training subcommands
+(``fit``, ``validate``, ``test``, ``predict``) and ``quickstart`` are added by the training
+package. ``main(args)`` takes an argument list so that tests can call it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def tour(argv: list[str]) -> int:
+    """Build every named size (flava-tiny for real, the others on the meta device), encode a
+    batch with flava-tiny and print a parameter table."""
+    import torch
+
+    from . import create_model, list_models
+
+    parser = argparse.ArgumentParser(prog="flava-zoo tour", description=tour.__doc__)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args(argv)
+    print(f"{'model':<12} {'image':>10} {'text':>10} {'fusion':>10} {'total':>10}  (millions of parameters)")
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name)
+        parts = [
+            sum(p.numel() for p in m.parameters()) / 1e6 if m is not None else 0.0
+            for m in (model.image_encoder, model.text_encoder, model.fusion_encoder)
+        ]
+        print(f"{name:<12} {parts[0]:>10.2f} {parts[1]:>10.2f} {parts[2]:>10.2f} {model.num_parameters() / 1e6:>10.2f}")
+    torch.manual_seed(0)
+    model = create_model("flava-tiny").eval()
+    cfg = model.config
+    x = torch.randn(args.batch, 3, cfg.image.image_size, cfg.image.image_size)
+    ids = torch.randint(5, cfg.text.vocab_size, (args.batch, 16))
+    mask = torch.ones_like(ids)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(pixel_values=x, input_ids=ids, attention_mask=mask)
+    ms = (time.perf_counter() - start) * 1e3
+    print(f"\nflava-tiny on a batch of {args.batch} ({ms:.0f} ms):")
+    print(f"  image last_hidden_state {tuple(out.image.last_hidden_state.shape)}, embedding {tuple(out.image.embedding.shape)}")
+    print(f"  text  last_hidden_state {tuple(out.text.last_hidden_state.shape)}, embedding {tuple(out.text.embedding.shape)}")
+    print(f"  multimodal last_hidden_state {tuple(out.multimodal.last_hidden_state.shape)}")
+    sim = out.image.embedding @ out.text.embedding.T
+    print(f"  image-text cosine similarities (untrained): {sim.diagonal().tolist()}")
+    return 0
+
+
+COMMANDS = {"tour": tour}
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``flava-zoo`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: flava-zoo {" + ",".join(COMMANDS) + "} ...")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"flava-zoo: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
+        return 2
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

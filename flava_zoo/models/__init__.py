@@ -1,0 +1,25 @@
+"""Model code: the towers, the fusion encoder, heads and the registry of named sizes."""
+
+from .encoders import EncoderOutput, ImageEncoder, TextEncoder
+from .flava import FlavaModel, FlavaOutput
+from .fusion import FusionEncoder, FusionOutput
+from .heads import ClassificationHead, ITMHead, MaskedPredictionHead, Pooler
+from .registry import create_model, get_config, list_models, register_model
+
+__all__ = [
+    "ClassificationHead",
+    "EncoderOutput",
+    "FlavaModel",
+    "FlavaOutput",
+    "FusionEncoder",
+    "FusionOutput",
+    "ITMHead",
+    "ImageEncoder",
+    "MaskedPredictionHead",
+    "Pooler",
+    "TextEncoder",
+    "create_model",
+    "get_config",
+    "list_models",
+    "register_model",
+]

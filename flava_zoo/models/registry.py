@@ -1,0 +1,125 @@
+"""Named model sizes and the one way to build a model: :func:`create_model`.
+
+Architectures register a config builder under a name (``flava-base``); a pretrained
+checkpoint is addressed as ``arch.tag`` (``flava-base.facebook``), after timm. The registry
+is the test matrix: tests are parametrised over :func:`list_models`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import FlavaConfig, FusionEncoderConfig, ImageEncoderConfig, TextEncoderConfig
+from .flava import FlavaModel
+
+_MODELS: dict[str, Callable[[], FlavaConfig]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[[], FlavaConfig]], Callable[[], FlavaConfig]]:
+    """Decorator: register a zero-argument function returning the :class:`FlavaConfig` of ``name``."""
+
+    def wrap(fn: Callable[[], FlavaConfig]) -> Callable[[], FlavaConfig]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        if "." in name:
+            raise ValueError(f"architecture names may not contain '.', got {name!r} ('.' separates the tag)")
+        _MODELS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered architecture names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def _unknown(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
+    hint = f"did you mean {close}? " if close else ""
+    return ValueError(f"unknown model {name!r}; {hint}available: {list_models()}")
+
+
+def get_config(name: str, **overrides: Any) -> FlavaConfig:
+    """The config of architecture ``name`` with ``overrides`` applied by field name."""
+    arch = name.split(".", 1)[0]
+    if arch not in _MODELS:
+        raise _unknown(name)
+    config = _MODELS[arch]()
+    return config.replace(**overrides) if overrides else config
+
+
+def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -> FlavaModel:
+    """Build a :class:`FlavaModel`.
+
+    ``name`` is a registered architecture (``flava-tiny``), an ``arch.tag`` from the model
+    zoo (``flava-base.facebook``; implies ``pretrained``), or a folder written by
+    :func:`flava_zoo.save_pretrained` (loads its config and weights). ``overrides`` set
+    config fields by name (``fusion="co_attention"``, ``image_size=128``,
+    ``text__num_layers=4``) and are applied before any weights load.
+    """
+    path = Path(name)
+    if path.is_dir():
+        from ..checkpoint import load_pretrained
+
+        return load_pretrained(path, **overrides)
+    name = str(name)
+    arch, _, tag = name.partition(".")
+    if arch not in _MODELS:
+        raise _unknown(name)
+    if pretrained or tag:
+        from .. import zoo
+
+        return zoo.load_model(name, **overrides)
+    return FlavaModel(get_config(arch, **overrides))
+
+
+@register_model("flava-tiny")
+def flava_tiny() -> FlavaConfig:
+    """About 2M parameters at 64 px: CPU tests and the quickstart, seconds per step."""
+    return FlavaConfig(
+        image=ImageEncoderConfig(
+            image_size=64, patch_size=8, hidden_size=128, num_layers=4, num_heads=4,
+            intermediate_size=512,
+        ),
+        text=TextEncoderConfig(
+            vocab_size=1024, max_position_embeddings=64, hidden_size=128, num_layers=4,
+            num_heads=4, intermediate_size=512,
+        ),
+        multimodal=FusionEncoderConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512),
+        projection_dim=128,
+    )
+
+
+@register_model("flava-small")
+def flava_small() -> FlavaConfig:
+    """ViT-S/16 image tower, a MiniLM-L6-shaped text tower (384 wide, 6 layers), 4-layer fusion."""
+    return FlavaConfig(
+        image=ImageEncoderConfig(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536),
+        text=TextEncoderConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+        multimodal=FusionEncoderConfig(hidden_size=384, num_layers=4, num_heads=6, intermediate_size=1536),
+        projection_dim=384,
+    )
+
+
+@register_model("flava-base")
+def flava_base() -> FlavaConfig:
+    """FLAVA-full: ViT-B/16 at 224 px, BERT-base text tower, 6-layer 768-wide fusion, 768-d space."""
+    return FlavaConfig()
+
+
+@register_model("flava-large")
+def flava_large() -> FlavaConfig:
+    """ViT-L/14 image tower, BERT-large text tower, 8-layer 1024-wide fusion."""
+    return FlavaConfig(
+        image=ImageEncoderConfig(
+            patch_size=14, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096
+        ),
+        text=TextEncoderConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+        multimodal=FusionEncoderConfig(hidden_size=1024, num_layers=8, num_heads=16, intermediate_size=4096),
+        projection_dim=1024,
+    )
