@@ -1,8 +1,10 @@
 """The ``flava-zoo`` command line.
 
-``flava-zoo tour`` builds each named size and encodes a batch; the training subcommands
-(``fit``, ``validate``, ``test``, ``predict``) and ``quickstart`` are added by the training
-package. ``main(args)`` takes an argument list so that tests can call it in-process.
+``fit``, ``validate``, ``test`` and ``predict`` are Lightning's own CLI (LightningCLI in
+subclass mode: a recipe names its module and data module by class path);
+``quickstart`` runs the three pretraining stages on the shapes world and evaluates
+retrieval; ``tour`` builds each named size. ``main(args)`` takes an argument list so
+that tests can call it in-process.
 """
 
 from __future__ import annotations
@@ -50,7 +52,41 @@ def tour(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"tour": tour}
+def lightning(argv: list[str]) -> int:
+    """Run LightningCLI (``fit``, ``validate``, ``test``, ``predict``) on ``argv``.
+
+    Recipes add a ``ModelCheckpoint(save_last=True)`` so that ``--ckpt_path last`` resumes.
+    """
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+    return 0
+
+
+def quickstart(argv: list[str]) -> int:
+    """Pretrain flava-tiny in three stages on the shapes world and evaluate zero-shot retrieval."""
+    from .training.quickstart import main as quickstart_main
+
+    return quickstart_main(argv)
+
+
+COMMANDS = {
+    "fit": lightning,
+    "validate": lightning,
+    "test": lightning,
+    "predict": lightning,
+    "quickstart": quickstart,
+    "tour": tour,
+}
 
 
 def main(args: list[str] | None = None) -> int:
@@ -63,6 +99,8 @@ def main(args: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"flava-zoo: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)
         return 2
+    if COMMANDS[command] is lightning:
+        return lightning(argv)
     return COMMANDS[command](rest)
 
 

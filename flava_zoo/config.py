@@ -87,6 +87,9 @@ class TextEncoderConfig:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     layer_norm_eps: float = 1e-12
+    norm_first: bool = True
+    """Pre-LayerNorm blocks and a final LayerNorm (FLAVA); ``False`` gives BERT's
+    post-LayerNorm blocks without a final norm, to hold BERT checkpoints exactly."""
 
     def __post_init__(self) -> None:
         _check_positive(

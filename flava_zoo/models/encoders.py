@@ -141,7 +141,8 @@ class TextEmbedding(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """BERT-style text tower with pre-LN blocks and a final LayerNorm, as in FLAVA.
+    """BERT-style text tower with pre-LN blocks and a final LayerNorm, as in FLAVA
+    (or BERT's post-LN blocks with ``norm_first=False``).
 
     Trailing columns that are padding in every row are cut before the blocks run and the
     output is padded back with zeros, so a batch padded to 77 tokens costs what its longest
@@ -154,9 +155,13 @@ class TextEncoder(nn.Module):
         self.embeddings = TextEmbedding(config)
         self.encoder = TransformerStack(
             config.hidden_size, config.num_layers, config.num_heads, config.intermediate_size,
-            config.layer_norm_eps, config.dropout, config.attention_dropout,
+            config.layer_norm_eps, config.dropout, config.attention_dropout, config.norm_first,
         )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.norm_first
+            else nn.Identity()
+        )
 
     def check_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None

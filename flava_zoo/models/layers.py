@@ -87,7 +87,11 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``."""
+    """Pre-LayerNorm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``.
+
+    With ``norm_first=False`` it is BERT's post-LayerNorm block instead:
+    ``ln(x + attn(x))``, then ``ln(x + mlp(x))``, so BERT checkpoints load exactly.
+    """
 
     def __init__(
         self,
@@ -97,8 +101,10 @@ class TransformerBlock(nn.Module):
         eps: float = 1e-12,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
+        self.norm_first = norm_first
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = SelfAttention(dim, num_heads, attention_dropout)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
@@ -107,6 +113,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """Run the block on ``x`` ``(B, L, D)``."""
+        if not self.norm_first:
+            x = self.norm1(x + self.drop(self.attn(x, attn_mask)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         x = x + self.drop(self.attn(self.norm1(x), attn_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -123,10 +132,11 @@ class TransformerStack(nn.Module):
         eps: float = 1e-12,
         dropout: float = 0.0,
         attention_dropout: float = 0.0,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, mlp_hidden, eps, dropout, attention_dropout)
+            TransformerBlock(dim, num_heads, mlp_hidden, eps, dropout, attention_dropout, norm_first)
             for _ in range(depth)
         )
         self.gradient_checkpointing = False

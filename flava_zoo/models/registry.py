@@ -80,10 +80,11 @@ def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -
 
 @register_model("flava-tiny")
 def flava_tiny() -> FlavaConfig:
-    """About 2M parameters at 64 px: CPU tests and the quickstart, seconds per step."""
+    """About 2M parameters at 64 px with 16 px patches (a 4x4 grid): CPU tests and the
+    quickstart, well under a second per multimodal step of 64 pairs on two cores."""
     return FlavaConfig(
         image=ImageEncoderConfig(
-            image_size=64, patch_size=8, hidden_size=128, num_layers=4, num_heads=4,
+            image_size=64, patch_size=16, hidden_size=128, num_layers=4, num_heads=4,
             intermediate_size=512,
         ),
         text=TextEncoderConfig(

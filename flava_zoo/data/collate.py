@@ -1,0 +1,68 @@
+"""Turn a list of samples into a model batch: stack images, tokenize text, apply the maskers.
+
+Masking happens here, at collate time, with the maskers' own generators, so it runs in the
+data-loader workers and is reproducible from the maskers' seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class PretrainCollator:
+    """Collate samples (dicts with ``image`` and / or ``text``) into a pretraining batch.
+
+    ``None`` samples (unreadable ones that a dataset chose to skip) are dropped and counted
+    in ``num_skipped``. Images must already be tensors (datasets apply the transform).
+    Output keys: ``pixel_values`` and ``image_mask`` for images; ``input_ids``,
+    ``attention_mask``, ``masked_input_ids`` and ``mlm_labels`` for text; any integer
+    ``label`` is stacked as ``labels``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any | None = None,
+        mlm_masker: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        image_masker: Callable[[int], Tensor] | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.mlm_masker = mlm_masker
+        self.image_masker = image_masker
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        """Collate ``samples``; see the class docstring for the keys."""
+        good = [s for s in samples if s is not None]
+        if not good:
+            raise RuntimeError(
+                f"all {len(samples)} samples of a batch were unreadable; see the warnings above"
+            )
+        batch: dict[str, Any] = {"num_skipped": len(samples) - len(good)}
+        first = good[0]
+        if "image" in first:
+            images = [s["image"] for s in good]
+            if not all(isinstance(im, Tensor) for im in images):
+                raise TypeError(
+                    "images must be tensors at collate time: give the dataset a transform"
+                )
+            batch["pixel_values"] = torch.stack(images)
+            if self.image_masker is not None:
+                batch["image_mask"] = self.image_masker(len(good))
+        if "text" in first:
+            if self.tokenizer is None:
+                raise ValueError("samples carry text but the collator has no tokenizer")
+            enc = self.tokenizer([s["text"] for s in good], max_length=self.max_length)
+            batch["input_ids"] = enc["input_ids"]
+            batch["attention_mask"] = enc["attention_mask"]
+            if self.mlm_masker is not None:
+                masked, labels = self.mlm_masker(enc["input_ids"], enc["attention_mask"])
+                batch["masked_input_ids"] = masked
+                batch["mlm_labels"] = labels
+        if "label" in first:
+            batch["labels"] = torch.as_tensor([s["label"] for s in good])
+        return batch

@@ -1,0 +1,142 @@
+"""LightningDataModules for pretraining on the built-in shapes world."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from ..masking import BlockMasker, MLMMasker
+from ..tokenizer import FlavaTokenizer
+from ..transforms import image_transform
+from .collate import PretrainCollator
+from .shapes import ShapesImages, ShapesPairs, ShapesTexts, ShapesWorld
+
+STAGES = ("image", "text", "multimodal")
+
+
+def shapes_tokenizer(
+    world: ShapesWorld, vocab_size: int = 1024, max_length: int = 48
+) -> FlavaTokenizer:
+    """A WordPiece vocabulary trained on the shapes world's training captions and task texts (deterministic)."""
+    return FlavaTokenizer.train(world.corpus("train", include_tasks=True), vocab_size=vocab_size, max_length=max_length)
+
+
+class ShapesPretrainData(L.LightningDataModule):
+    """Shapes-world data for one pretraining stage.
+
+    ``stage="image"`` yields images (for MIM), ``"text"`` captions (for MLM),
+    ``"multimodal"`` image-caption pairs. Images are not augmented: crops and flips would
+    make captions about positions false. ``image_size`` and ``patch_size`` must match the
+    model's image tower (the image masker works on its patch grid). The tokenizer is read
+    from ``tokenizer`` (a folder with ``vocab.txt``) or trained on the world's captions.
+
+    Args:
+        stage: ``image``, ``text`` or ``multimodal``.
+        seed: the world's seed.
+        image_size: rendered image side in pixels.
+        patch_size: the model's patch size.
+        train_size: training scenes (the world's ``train`` split size).
+        val_size: validation scenes.
+        batch_size: samples per batch.
+        num_workers: data-loader worker processes.
+        vocab_size: size of a trained vocabulary.
+        max_length: text length cap in tokens.
+        tokenizer: folder of an existing tokenizer, instead of training one.
+        mlm_probability: fraction of text tokens selected for MLM / MMM-text.
+        mask_ratio: fraction of image patches masked for MIM / MMM-image.
+        captions: ``random`` draws one of each scene's captions per access; ``1`` always
+            uses its primary caption.
+        mask_seed: seed of the maskers' generators.
+    """
+
+    def __init__(
+        self,
+        stage: str = "multimodal",
+        seed: int = 0,
+        image_size: int = 64,
+        patch_size: int = 16,
+        train_size: int = 20_000,
+        val_size: int = 2_000,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        vocab_size: int = 1024,
+        max_length: int = 48,
+        tokenizer: str | None = None,
+        mlm_probability: float = 0.15,
+        mask_ratio: float = 0.4,
+        captions: str = "random",
+        mask_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        self.save_hyperparameters()
+        self.world = ShapesWorld(
+            seed=seed, image_size=image_size, sizes={"train": train_size, "val": val_size}
+        )
+        if stage == "image":
+            self.tokenizer = None
+        elif tokenizer:
+            self.tokenizer = FlavaTokenizer.from_pretrained(tokenizer)
+        else:
+            self.tokenizer = shapes_tokenizer(self.world, vocab_size, max_length)
+        grid = image_size // patch_size
+        self.collate = PretrainCollator(
+            tokenizer=self.tokenizer,
+            mlm_masker=MLMMasker.from_tokenizer(
+                self.tokenizer, probability=mlm_probability, seed=mask_seed
+            )
+            if self.tokenizer is not None
+            else None,
+            image_masker=BlockMasker(
+                grid,
+                mask_ratio=mask_ratio,
+                min_block_patches=min(16, grid * grid // 4),
+                seed=mask_seed,
+            )
+            if stage != "text"
+            else None,
+            max_length=max_length,
+        )
+
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` for this stage."""
+        transform = image_transform(self.hparams.image_size, train=False)
+        if self.hparams.stage == "image":
+            return ShapesImages(self.world, split, transform=transform)
+        if self.hparams.stage == "text":
+            return ShapesTexts(self.world, split)
+        captions = self.hparams.captions if split == "train" else 1
+        if captions not in ("random", 1, "1"):
+            raise ValueError(f"captions must be 'random' or 1, got {captions!r}")
+        return ShapesPairs(
+            self.world,
+            split,
+            transform=transform,
+            captions_per_image="random" if captions == "random" else 1,
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.collate,
+            drop_last=shuffle,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (the last incomplete batch is dropped)."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in order."""
+        return self._loader("test", shuffle=False)

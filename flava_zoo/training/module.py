@@ -1,0 +1,244 @@
+"""The pretraining LightningModule: one class for FLAVA's three stages.
+
+``stage="image"`` trains the image tower with MIM, ``stage="text"`` the text tower with
+MLM, ``stage="multimodal"`` everything with the contrastive, ITM and MMM losses (plus
+unimodal MIM / MLM when their weights are positive). A stage starts from an earlier
+stage's checkpoint, from unimodal weights, or from scratch; any tower can be frozen.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ..checkpoint import save_pretrained
+from ..models.pretraining import LOSS_TERMS, FlavaForPretraining, LossWeights
+from ..models.registry import create_model
+from .init import load_stage_weights, load_unimodal_weights
+from .optim import param_groups, warmup_cosine
+
+STAGES = ("image", "text", "multimodal")
+STAGE_WEIGHTS = {
+    "image": {"mim": 1.0},
+    "text": {"mlm": 1.0},
+    "multimodal": {"contrastive": 1.0, "itm": 1.0, "mmm_image": 1.0, "mmm_text": 1.0},
+}
+TOWERS = {"image": "image_encoder", "text": "text_encoder", "fusion": "fusion_encoder"}
+
+
+class FlavaPretrainModule(L.LightningModule):
+    """Pretrain a FLAVA model in stages.
+
+    Args:
+        model: a registered architecture (``flava-tiny``), a zoo name or an exported folder.
+        model_overrides: config fields to override by name (``{"fusion": "co_attention"}``).
+        stage: ``image`` (MIM), ``text`` (MLM) or ``multimodal``.
+        init_from: weights of an earlier stage: a Lightning ``.ckpt`` or an exported folder.
+        init_image_from: a torchvision ViT state dict for the image tower.
+        init_text_from: a Hugging Face BERT folder (config.json + weights) for the text tower.
+        freeze: towers to freeze, from ``image``, ``text``, ``fusion``.
+        loss_weights: per-term weights; unset terms take the stage's defaults (all 1 for
+            the stage's own losses, 0 for the rest).
+        itm_hard_negatives: draw ITM negatives from contrastive similarity (ALBEF-style).
+        lr: peak learning rate (FLAVA: 1e-3 at batch 8192; scale for your batch).
+        lr_multipliers: per-tower multipliers, keys ``image``, ``text``, ``fusion``.
+        weight_decay: AdamW weight decay, not applied to norms, biases and embeddings.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up length; a cosine decay follows to the last step.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        codebook_path: dVAE encoder weights for ``mim_target="codebook"``.
+        export_dir: where to write the final weights (safetensors + config) after fit.
+        seed: seed of the ITM negative sampler.
+    """
+
+    def __init__(
+        self,
+        model: str = "flava-tiny",
+        model_overrides: dict[str, Any] | None = None,
+        stage: str = "multimodal",
+        init_from: str | None = None,
+        init_image_from: str | None = None,
+        init_text_from: str | None = None,
+        freeze: list[str] | None = None,
+        loss_weights: dict[str, float] | None = None,
+        itm_hard_negatives: bool = False,
+        lr: float = 1e-3,
+        lr_multipliers: dict[str, float] | None = None,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.0,
+        codebook_path: str | None = None,
+        export_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        unknown = sorted(set(freeze or ()) - set(TOWERS))
+        if unknown:
+            raise ValueError(f"freeze: unknown tower(s) {unknown}; choose from {sorted(TOWERS)}")
+        unknown = sorted(set(lr_multipliers or {}) - set(TOWERS))
+        if unknown:
+            raise ValueError(f"lr_multipliers: unknown tower(s) {unknown}; choose from {sorted(TOWERS)}")
+        weights = {name: 0.0 for name in LOSS_TERMS} | STAGE_WEIGHTS[stage] | dict(loss_weights or {})
+        backbone = create_model(model, **(model_overrides or {}))
+        image_tokenizer = None
+        if codebook_path is not None:
+            from ..image_tokenizer import DalleImageTokenizer
+
+            image_tokenizer = DalleImageTokenizer.from_file(codebook_path)
+        self.objective = FlavaForPretraining(
+            backbone, LossWeights(**weights), itm_hard_negatives, image_tokenizer, seed
+        )
+        if init_from:
+            load_stage_weights(self.objective, init_from)
+        if init_image_from or init_text_from:
+            load_unimodal_weights(backbone, image=init_image_from, text=init_text_from)
+        self.frozen = self._freeze(stage, set(freeze or ()), weights)
+        self._last_time: float | None = None
+        self._skipped = 0
+
+    @property
+    def model(self):
+        """The :class:`FlavaModel` being trained."""
+        return self.objective.model
+
+    def _freeze(self, stage: str, freeze: set[str], weights: dict[str, float]) -> list[str]:
+        """Stop gradients for everything this stage does not train; return the frozen names."""
+        obj, model = self.objective, self.objective.model
+        used: list[torch.nn.Module] = []
+        if stage == "image":
+            used = [model.image_encoder, obj.mim_head]
+        elif stage == "text":
+            used = [model.text_encoder, obj.mlm_head]
+        else:
+            used = [model.image_encoder, model.text_encoder]
+            if weights["contrastive"] > 0:
+                used += [model.image_projection, model.text_projection]
+            if model.fusion_encoder is not None and weights["itm"] + weights["mmm_image"] + weights["mmm_text"] > 0:
+                used.append(model.fusion_encoder)
+            for term, head in (("mim", obj.mim_head), ("mlm", obj.mlm_head), ("itm", obj.itm_head),
+                               ("mmm_image", obj.mmm_image_head), ("mmm_text", obj.mmm_text_head)):
+                if weights[term] > 0 and head is not None:
+                    used.append(head)
+        used_ids = {id(p) for m in used for p in m.parameters()}
+        if stage == "multimodal" and weights["contrastive"] > 0:
+            used_ids.add(id(model.logit_scale))
+        for tower in freeze:
+            module = getattr(model, TOWERS[tower])
+            if module is not None:
+                used_ids -= {id(p) for p in module.parameters()}
+        frozen = []
+        for name, param in obj.named_parameters():
+            if id(param) not in used_ids:
+                param.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
+    def train(self, mode: bool = True):
+        """Set train mode, keeping fully frozen towers in eval mode (no dropout noise)."""
+        super().train(mode)
+        for tower in self.hparams.freeze or ():
+            module = getattr(self.model, TOWERS[tower])
+            if module is not None:
+                module.eval()
+        return self
+
+    def forward(self, batch: dict[str, Tensor]):
+        """The pretraining objective on ``batch`` (see :class:`FlavaForPretraining`)."""
+        return self.objective(batch)
+
+    @staticmethod
+    def _batch_size(batch: dict[str, Any]) -> int:
+        for key in ("pixel_values", "input_ids", "masked_input_ids"):
+            if key in batch:
+                return int(batch[key].shape[0])
+        return 1
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step; stops the run on a non-finite loss."""
+        self._skipped += int(batch.pop("num_skipped", 0))
+        out = self.objective(batch)
+        if not torch.isfinite(out.loss):
+            terms = {k: float(v) for k, v in out.terms.items()}
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} (terms {terms}); "
+                "the run stops here and the last good checkpoint is kept: resume with "
+                "--ckpt_path last after lowering the learning rate or enabling gradient clipping"
+            )
+        bs = self._batch_size(batch)
+        terms = {f"train/{k}": v for k, v in out.terms.items() if k != "loss"}
+        self.log_dict(terms, batch_size=bs)
+        self.log("train/loss", out.terms["loss"], prog_bar=True, batch_size=bs)
+        now = time.perf_counter()
+        if self._last_time is not None:
+            self.log("train/samples_per_sec", bs / max(now - self._last_time, 1e-9), batch_size=bs)
+        self._last_time = now
+        return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        """Log how many bad samples the data pipeline skipped this epoch."""
+        self.log("data/skipped_samples", float(self._skipped))
+        self._skipped = 0
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Validation losses, and embeddings for retrieval when the batch is paired."""
+        batch.pop("num_skipped", None)
+        out = self.objective(batch)
+        bs = self._batch_size(batch)
+        self.log_dict({f"val/{k}": v for k, v in out.terms.items()}, batch_size=bs, sync_dist=True)
+        if "pixel_values" in batch and "input_ids" in batch:
+            with torch.no_grad():
+                img = self.model.encode_image(batch["pixel_values"]).embedding
+                txt = self.model.encode_text(batch["input_ids"], batch.get("attention_mask")).embedding
+            self._val_embeddings.append((img.float().cpu(), txt.float().cpu()))
+
+    def on_validation_epoch_start(self) -> None:
+        """Start collecting validation embeddings."""
+        self._val_embeddings: list[tuple[Tensor, Tensor]] = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Log image-text retrieval recall over the whole validation set (this process's part)."""
+        if not self._val_embeddings:
+            return
+        from ..evaluation.retrieval import retrieval_recall
+
+        img = torch.cat([e[0] for e in self._val_embeddings])
+        txt = torch.cat([e[1] for e in self._val_embeddings])
+        metrics = retrieval_recall(img @ txt.T, ks=(1, 5))
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()})
+        self._val_embeddings = []
+
+    def configure_optimizers(self):
+        """AdamW with per-tower learning rates and a warm-up + cosine schedule."""
+        hp = self.hparams
+        mults = {f"model.{TOWERS[k]}": v for k, v in (hp.lr_multipliers or {}).items()}
+        groups = param_groups(self.objective, hp.lr, hp.weight_decay, mults)
+        for g in groups:
+            g.pop("param_names")
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1000
+        total = int(total) if total != float("inf") else 100_000
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        """Export the trained weights (and the data module's tokenizer) when ``export_dir`` is set."""
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the backbone as safetensors + config.json, with the tokenizer if one is known."""
+        path = save_pretrained(self.model, directory, metadata={"stage": self.hparams.stage})
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save(path)
+        return path

@@ -1,0 +1,53 @@
+"""Reading weight files safely: safetensors, or a pickle through ``torch.load(weights_only=True)``.
+
+Every weight file flava-zoo reads goes through :func:`load_state_dict_file`, so no file can
+run code on load: a pickle that needs anything beyond tensors and plain containers is
+refused with an error naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _refusal_detail(err: Exception) -> str:
+    for line in str(err).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return f" ({line.strip()})"
+    return ""
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Any]:
+    """Load a state dict (or a Lightning checkpoint dict) from ``path`` without running code.
+
+    ``.safetensors`` files load with safetensors; anything else with
+    ``torch.load(weights_only=True)``. A pickle that would need arbitrary code is refused
+    with a ``ValueError`` naming the file and the offending global.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such weights file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {path}: unpickling it would run arbitrary code, not just "
+            "rebuild tensors. Re-save its state_dict() as .safetensors (or with torch.save) "
+            f"in an environment you trust.{_refusal_detail(err)}"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable weights file: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (it holds a {type(obj).__name__})")
+    return dict(obj)
