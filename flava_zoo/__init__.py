@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .checkpoint import load_pretrained, save_pretrained
 from .config import FlavaConfig, FusionEncoderConfig, ImageEncoderConfig, TextEncoderConfig
 from .models import FlavaModel, create_model, get_config, list_models, register_model
+from .zoo import list_pretrained
 
 __all__ = [
     "FlavaConfig",
@@ -16,6 +17,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "list_pretrained",
     "load_pretrained",
     "register_model",
     "save_pretrained",

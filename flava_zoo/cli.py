@@ -79,6 +79,13 @@ def quickstart(argv: list[str]) -> int:
     return quickstart_main(argv)
 
 
+def zoo(argv: list[str]) -> int:
+    """Model zoo: list, info, download, verify, publish."""
+    from .zoo.cli import main as zoo_main
+
+    return zoo_main(argv)
+
+
 COMMANDS = {
     "fit": lightning,
     "validate": lightning,
@@ -86,6 +93,7 @@ COMMANDS = {
     "predict": lightning,
     "quickstart": quickstart,
     "tour": tour,
+    "zoo": zoo,
 }
 
 

@@ -69,12 +69,12 @@ def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -
         return load_pretrained(path, **overrides)
     name = str(name)
     arch, _, tag = name.partition(".")
-    if arch not in _MODELS:
-        raise _unknown(name)
     if pretrained or tag:
         from .. import zoo
 
         return zoo.load_model(name, **overrides)
+    if arch not in _MODELS:
+        raise _unknown(name)
     return FlavaModel(get_config(arch, **overrides))
 
 

@@ -1,0 +1,247 @@
+"""Evaluation results as JSON lines: one :class:`ResultRecord` per (model, task, split, metric).
+
+Every evaluation appends its records to a results file (``append_results``); the leaderboard
+is built from those files (``read_results``). A record carries what is needed to trust and
+reproduce the number: the model and where it came from, the number of samples, a hash of the
+configuration, the package version, the git commit and the time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ResultRecord",
+    "append_results",
+    "config_hash",
+    "git_commit",
+    "make_records",
+    "read_results",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRecord:
+    """One metric value of one model on one task split.
+
+    ``model_source``: where the weights came from (a zoo name with its tag, a checkpoint path,
+    ``facebook/flava-full``, ...). ``timestamp``: ISO 8601 in UTC. ``git_commit`` is ``None``
+    outside a git checkout. A record with ``num_samples`` below 1 or a non-finite ``value``
+    cannot be made: nothing silently evaluates on zero samples.
+    """
+
+    model: str
+    model_source: str
+    task: str
+    split: str
+    metric: str
+    value: float
+    num_samples: int
+    config_hash: str
+    package_version: str
+    git_commit: str | None
+    timestamp: str
+
+    def __post_init__(self) -> None:
+        for name in (
+            "model",
+            "model_source",
+            "task",
+            "split",
+            "metric",
+            "config_hash",
+            "package_version",
+            "timestamp",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"ResultRecord.{name} must be a non-empty string, got {value!r}")
+        if self.git_commit is not None and not isinstance(self.git_commit, str):
+            raise ValueError(
+                f"ResultRecord.git_commit must be a string or None, got {self.git_commit!r}"
+            )
+        if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int):
+            raise ValueError(f"ResultRecord.num_samples must be an int, got {self.num_samples!r}")
+        if self.num_samples < 1:
+            raise ValueError(
+                f"{self.task} {self.split} {self.metric}: num_samples is {self.num_samples}; "
+                "nothing silently evaluates on zero samples"
+            )
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
+            raise ValueError(f"ResultRecord.value must be a number, got {self.value!r}")
+        if not math.isfinite(self.value):
+            raise ValueError(
+                f"{self.task} {self.split} {self.metric}: value is {self.value}, not finite"
+            )
+        object.__setattr__(self, "value", float(self.value))
+        try:
+            moment = datetime.fromisoformat(self.timestamp.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise ValueError(f"ResultRecord.timestamp {self.timestamp!r} is not ISO 8601") from e
+        if moment.utcoffset() is None or moment.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
+            raise ValueError(f"ResultRecord.timestamp {self.timestamp!r} is not in UTC")
+
+    def to_json(self) -> str:
+        """The record as one line of JSON (no newline)."""
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, allow_nan=False)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
+
+
+def _canonical(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    raise TypeError(f"config_hash cannot serialise {type(obj).__name__}: {obj!r}")
+
+
+def config_hash(obj: Any) -> str:
+    """First 12 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys, no
+    whitespace). Dataclasses, paths, enums and sets are accepted, nested anywhere."""
+    import hashlib
+
+    text = json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """HEAD commit of the git repository holding ``path`` (default: the working directory), or
+    ``None`` when it is not in one or git is unavailable."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=str(path) if path is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and commit else None
+
+
+def _package_version() -> str:
+    from flava_zoo import __version__
+
+    return __version__
+
+
+def make_records(
+    metrics: Mapping[str, float],
+    *,
+    model: str,
+    model_source: str,
+    task: str,
+    split: str,
+    num_samples: int,
+    config: Any = None,
+    repo: str | Path | None = None,
+) -> list[ResultRecord]:
+    """One :class:`ResultRecord` per entry of ``metrics``, sharing the time stamp, the hash of
+    ``config``, this package's version and the git commit of ``repo`` (default: the working
+    directory)."""
+    if not metrics:
+        raise ValueError(f"no metrics to record for {model} on {task} {split}")
+    common = {
+        "model": model,
+        "model_source": model_source,
+        "task": task,
+        "split": split,
+        "num_samples": num_samples,
+        "config_hash": config_hash(config),
+        "package_version": _package_version(),
+        "git_commit": git_commit(repo),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return [
+        ResultRecord(metric=name, value=float(value), **common) for name, value in metrics.items()
+    ]
+
+
+def append_results(path: str | Path, records: Iterable[ResultRecord]) -> None:
+    """Append ``records`` to the JSON-lines file ``path`` (created with its parent directories).
+
+    Every record is checked before anything is written. Each line goes out in one ``write``
+    on a descriptor opened with ``O_APPEND``, then is fsynced: concurrent writers do not
+    interleave, and a crash loses at most the line being written. What the file held is never
+    truncated; if it ends in a torn line, a newline is written first so that the new records
+    stay readable.
+    """
+    records = list(records)
+    for i, record in enumerate(records):
+        if not isinstance(record, ResultRecord):
+            raise TypeError(f"record {i} is a {type(record).__name__}, not a ResultRecord")
+    lines = [(record.to_json() + "\n").encode("utf-8") for record in records]
+    if not lines:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        if _ends_without_newline(path):
+            os.write(fd, b"\n")
+        for line in lines:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ends_without_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+def read_results(path: str | Path) -> list[ResultRecord]:
+    """The records of a results file; blank lines are skipped, and a malformed line raises a
+    ``ValueError`` naming the file, the line and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from e
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object")
+            missing = [k for k in _FIELDS if k not in data]
+            if missing:
+                raise ValueError(f"{path}, line {number}: missing field {missing[0]!r}")
+            extra = sorted(set(data) - set(_FIELDS))
+            if extra:
+                raise ValueError(f"{path}, line {number}: unexpected field {extra[0]!r}")
+            try:
+                records.append(ResultRecord(**data))
+            except ValueError as e:
+                raise ValueError(f"{path}, line {number}: {e}") from e
+    return records
