@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..masking import BlockMasker, MLMMasker
+
 
 class PretrainCollator:
     """Collate samples (dicts with ``image`` and / or ``text``) into a pretraining batch.
@@ -66,3 +68,35 @@ class PretrainCollator:
         if "label" in first:
             batch["labels"] = torch.as_tensor([s["label"] for s in good])
         return batch
+
+
+def pretrain_collator(
+    tokenizer: Any | None,
+    image_size: int | None = None,
+    patch_size: int = 16,
+    max_length: int = 77,
+    mlm_probability: float = 0.15,
+    mask_ratio: float = 0.4,
+    mask_seed: int = 0,
+) -> PretrainCollator:
+    """The pretraining collator every data module uses: the tokenizer and an MLM masker when
+    there is a tokenizer, a block masker on the patch grid when there is an ``image_size``."""
+    image_masker = None
+    if image_size is not None:
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        grid = image_size // patch_size
+        image_masker = BlockMasker(
+            grid,
+            mask_ratio=mask_ratio,
+            min_block_patches=max(1, min(16, grid * grid // 4)),
+            seed=mask_seed,
+        )
+    mlm_masker = (
+        MLMMasker.from_tokenizer(tokenizer, probability=mlm_probability, seed=mask_seed)
+        if tokenizer is not None
+        else None
+    )
+    return PretrainCollator(
+        tokenizer=tokenizer, mlm_masker=mlm_masker, image_masker=image_masker, max_length=max_length
+    )

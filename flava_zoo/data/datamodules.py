@@ -5,10 +5,9 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from ..masking import BlockMasker, MLMMasker
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
-from .collate import PretrainCollator
+from .collate import pretrain_collator
 from .shapes import ShapesImages, ShapesPairs, ShapesTexts, ShapesWorld
 
 STAGES = ("image", "text", "multimodal")
@@ -82,23 +81,14 @@ class ShapesPretrainData(L.LightningDataModule):
             self.tokenizer = FlavaTokenizer.from_pretrained(tokenizer)
         else:
             self.tokenizer = shapes_tokenizer(self.world, vocab_size, max_length)
-        grid = image_size // patch_size
-        self.collate = PretrainCollator(
-            tokenizer=self.tokenizer,
-            mlm_masker=MLMMasker.from_tokenizer(
-                self.tokenizer, probability=mlm_probability, seed=mask_seed
-            )
-            if self.tokenizer is not None
-            else None,
-            image_masker=BlockMasker(
-                grid,
-                mask_ratio=mask_ratio,
-                min_block_patches=min(16, grid * grid // 4),
-                seed=mask_seed,
-            )
-            if stage != "text"
-            else None,
-            max_length=max_length,
+        self.collate = pretrain_collator(
+            self.tokenizer,
+            image_size if stage != "text" else None,
+            patch_size,
+            max_length,
+            mlm_probability,
+            mask_ratio,
+            mask_seed,
         )
 
     def dataset(self, split: str) -> Dataset:

@@ -22,10 +22,9 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..masking import BlockMasker, MLMMasker
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
-from .collate import PretrainCollator
+from .collate import PretrainCollator, pretrain_collator
 from .sources import (
     DEFAULT_CAPTION_SEPARATOR,
     ImageFolderImages,
@@ -57,38 +56,6 @@ def load_tokenizer(folder: str | None, needed_by: str) -> FlavaTokenizer:
     if not folder:
         raise ValueError(f"{needed_by} reads text and needs a tokenizer folder (tokenizer=...)")
     return FlavaTokenizer.from_pretrained(folder)
-
-
-def pretrain_collator(
-    tokenizer: FlavaTokenizer | None,
-    image_size: int | None = None,
-    patch_size: int = 16,
-    max_length: int = 77,
-    mlm_probability: float = 0.15,
-    mask_ratio: float = 0.4,
-    mask_seed: int = 0,
-) -> PretrainCollator:
-    """The collator of :class:`ShapesPretrainData`: tokenizer and MLM masker when there is a
-    tokenizer, block masker on the patch grid when there is an ``image_size``."""
-    image_masker = None
-    if image_size is not None:
-        if image_size % patch_size:
-            raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
-        grid = image_size // patch_size
-        image_masker = BlockMasker(
-            grid,
-            mask_ratio=mask_ratio,
-            min_block_patches=max(1, min(16, grid * grid // 4)),
-            seed=mask_seed,
-        )
-    mlm_masker = (
-        MLMMasker.from_tokenizer(tokenizer, probability=mlm_probability, seed=mask_seed)
-        if tokenizer is not None
-        else None
-    )
-    return PretrainCollator(
-        tokenizer=tokenizer, mlm_masker=mlm_masker, image_masker=image_masker, max_length=max_length
-    )
 
 
 def _current_epoch(module: L.LightningDataModule) -> int:
