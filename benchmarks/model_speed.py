@@ -449,13 +449,10 @@ def cpu_info() -> dict[str, Any]:
 
 
 def git_commit() -> str:
+    """Short commit of the checkout the benchmark runs in (the current directory)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            check=True,
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         )
         return out.stdout.strip() or "uncommitted"
     except (OSError, subprocess.CalledProcessError):
@@ -661,6 +658,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for note in report.get("notes", []):
         lines.append(f"- {note}")
+    if not report.get("complete", True):
+        lines.append("- partial: the run has not finished (or was interrupted); rows so far")
     return "\n".join(lines) + "\n"
 
 
@@ -748,8 +747,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peaks[prec] = matmul_peak(dtype, peak_sizes)
         log(f"matmul peak {prec}: {peaks[prec]['gflops']:.1f} GFLOP/s {peaks[prec]['by_size']}")
 
-    results, notes = [], []
+    results: list[dict[str, Any]] = []
+    peaks_end: dict[str, Any] = {}
+    notes: list[str] = []
+    cpu = cpu_info()
+    if "bf16" in precisions and not (cpu["avx512_bf16"] or cpu["amx_bf16"]):
+        notes.append(
+            "this CPU has neither AVX512-BF16 nor AMX: bf16 matmuls run on a slow "
+            "fallback, far below the fp32 peak"
+        )
+    if args.in_process:
+        notes.append("--in-process: every measurement ran in one process (memory less isolated)")
     batch, text_length = args.batch, args.text_length
+
+    def write(complete: bool) -> dict[str, Any]:
+        """Write the report so far (after every cell, so an interrupted run keeps its rows)."""
+        report = {
+            "command": " ".join(
+                [
+                    "python",
+                    "benchmarks/model_speed.py",
+                    *(argv if argv is not None else sys.argv[1:]),
+                ]
+            ),
+            "git_commit": git_commit(),
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "duration_s": round(time.time() - started, 1),
+            "environment": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+                "cpu": cpu,
+                "threads": args.threads,
+                "load_average_start": load_start,
+                "load_average_end": load_average(),
+            },
+            "inputs": {
+                "batch": batch,
+                "text_length": text_length,
+                "caption_lengths": caption_lengths(batch, text_length),
+                "caption_length_distribution": "8 + Gamma(shape 2, scale 3), rounded, clipped to [8, 30], seed 0",
+            },
+            "settings": {
+                "warmup": args.warmup,
+                "reps": args.reps,
+                "reps_base": args.reps_base,
+                "cell_seconds": args.cell_seconds,
+                "max_step_seconds": args.max_step_seconds,
+                "in_process": args.in_process,
+            },
+            "matmul_peak": peaks,
+            "matmul_peak_at_end": peaks_end,
+            "results": results,
+            "complete": complete,
+            "notes": notes,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(render_markdown(report))
+        return report
+
     ordered = sorted(precisions, key=PRECISIONS.index)  # fp32 first: it counts the FLOPs
     for size in sizes:
         cfg = flava_zoo.get_config(size)
@@ -830,6 +888,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             row = summarise(size, prec, flops, timing, memory, peaks[prec]["gflops"])
             results.append(row)
+            write(complete=False)
             log(
                 f"{size} {prec}: ours {row['ours']['ms_median']:.0f} ms, peer "
                 f"{row['peer']['ms_median']:.0f} ms -> {row['speed_ratio']:.2f}x; memory "
@@ -839,62 +898,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{100 * row['peer']['frac_peak_useful']:.0f}%"
             )
 
-    peaks_end = {}
     if not args.in_process:
         for prec in precisions:
             dtype = torch.float32 if prec == "fp32" else torch.bfloat16
             peaks_end[prec] = matmul_peak(dtype, peak_sizes)
             log(f"matmul peak {prec} at the end: {peaks_end[prec]['gflops']:.1f} GFLOP/s")
-    cpu = cpu_info()
-    if "bf16" in precisions and not (cpu["avx512_bf16"] or cpu["amx_bf16"]):
-        notes.append(
-            "this CPU has neither AVX512-BF16 nor AMX: bf16 matmuls run on a slow "
-            "fallback, far below the fp32 peak"
-        )
-    if args.in_process:
-        notes.append("--in-process: every measurement ran in one process (memory less isolated)")
-    report = {
-        "command": " ".join(
-            ["python", "benchmarks/model_speed.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "git_commit": git_commit(),
-        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "duration_s": round(time.time() - started, 1),
-        "environment": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "cpu": cpu,
-            "threads": args.threads,
-            "load_average_start": load_start,
-            "load_average_end": load_average(),
-        },
-        "inputs": {
-            "batch": batch,
-            "text_length": text_length,
-            "caption_lengths": caption_lengths(batch, text_length),
-            "caption_length_distribution": "8 + Gamma(shape 2, scale 3), rounded, clipped to [8, 30], seed 0",
-        },
-        "settings": {
-            "warmup": args.warmup,
-            "reps": args.reps,
-            "reps_base": args.reps_base,
-            "cell_seconds": args.cell_seconds,
-            "max_step_seconds": args.max_step_seconds,
-            "in_process": args.in_process,
-        },
-        "matmul_peak": peaks,
-        "matmul_peak_at_end": peaks_end,
-        "results": results,
-        "notes": notes,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = render_markdown(report)
-    out.with_suffix(".md").write_text(markdown)
-    log(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
-    print(markdown)
+    report = write(complete=True)
+    log(f"wrote {args.out}.md and {args.out}.json")
+    print(render_markdown(report))
     return report
 
 
