@@ -86,6 +86,20 @@ def zoo(argv: list[str]) -> int:
     return zoo_main(argv)
 
 
+def bench(argv: list[str]) -> int:
+    """Leaderboards: run a suite of models x tasks, build the tables."""
+    from .bench.cli import main as bench_main
+
+    return bench_main(argv)
+
+
+def glue_score(argv: list[str]) -> int:
+    """The GLUE score (average over tasks) from a results file."""
+    from .downstream.cli import glue_score_main
+
+    return glue_score_main(argv)
+
+
 COMMANDS = {
     "fit": lightning,
     "validate": lightning,
@@ -94,6 +108,8 @@ COMMANDS = {
     "quickstart": quickstart,
     "tour": tour,
     "zoo": zoo,
+    "bench": bench,
+    "glue-score": glue_score,
 }
 
 

@@ -1,0 +1,298 @@
+"""Shapes-world downstream benchmark: a pretrained model against a randomly initialised flava-tiny.
+
+Runs the shipped shapes recipes (``recipes/probe``, ``recipes/finetune``, ``recipes/zeroshot``)
+through ``flava_zoo.cli.main`` on (a) a pretrained export folder (``flava-zoo quickstart``'s
+output) and (b) a randomly initialised ``flava-tiny``, with the same steps, data sizes and
+seeds, reads the metrics back from the results file, and writes a Markdown table with both
+columns, the chance level, the command, the commit and the machine.
+
+    python benchmarks/downstream_shapes.py --pretrained quickstart_out \\
+        --out benchmarks/results/downstream_shapes.md
+
+Fine-tuning is short (``--steps`` of batch ``--batch-size``) so that the whole run takes about
+ten minutes on two CPU cores; the recipes' own schedules are longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+# (row label, recipe, kind, metric, chance-level key)
+ROWS = [
+    (
+        "Linear probe, shape (top-1)",
+        "probe/shapes_classification.yaml",
+        "test",
+        "accuracy",
+        "uniform6",
+    ),
+    (
+        "Zero-shot classification, shape (top-1)",
+        "zeroshot/shapes_classification.yaml",
+        "test",
+        "accuracy",
+        "uniform6",
+    ),
+    (
+        "Zero-shot retrieval, image->text R@1",
+        "zeroshot/shapes_retrieval.yaml",
+        "test",
+        "image_to_text_R@1",
+        "i2t",
+    ),
+    (
+        "Zero-shot retrieval, text->image R@1",
+        "zeroshot/shapes_retrieval.yaml",
+        "test",
+        "text_to_image_R@1",
+        "t2i",
+    ),
+    ("VQA (VQA accuracy)", "finetune/shapes_vqa.yaml", "fit", "vqa_accuracy", "vqa_majority"),
+    (
+        "Visual entailment (accuracy)",
+        "finetune/shapes_visual_entailment.yaml",
+        "fit",
+        "accuracy",
+        "uniform3",
+    ),
+    ("Memes-like (AUROC)", "finetune/shapes_memes.yaml", "fit", "auroc", "half"),
+    ("Memes-like (accuracy)", "finetune/shapes_memes.yaml", "fit", "accuracy", "half"),
+    (
+        "Caption entailment, text only (accuracy)",
+        "finetune/shapes_caption_entailment.yaml",
+        "fit",
+        "accuracy",
+        "uniform3",
+    ),
+]
+
+
+def log(message: str) -> None:
+    print(f"[downstream_shapes] {message}", file=sys.stderr, flush=True)
+
+
+def run_recipe(
+    recipe: str, kind: str, model: str, out: Path, results: Path, args: argparse.Namespace
+) -> None:
+    """Run one recipe (fit + test, or test only) on ``model``; metrics land in ``results``."""
+    from flava_zoo.cli import main
+
+    path = RECIPES / recipe
+    common = [
+        "--config", str(path), f"--model.init_args.model={model}", f"--model.init_args.results={results}",
+        f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", f"--data.init_args.test_size={args.test_size}",
+        f"--data.init_args.seed={args.seed}", f"--seed_everything={args.seed}",
+    ]  # fmt: skip
+    if kind == "test":
+        if recipe.startswith("probe"):
+            common += [f"--data.init_args.train_size={args.probe_train}", f"--data.init_args.val_size={args.probe_val}",
+                       f"--model.init_args.cache_dir={out / 'feature_cache'}"]  # fmt: skip
+        if "retrieval" in recipe:
+            common[common.index(f"--data.init_args.test_size={args.test_size}")] = (
+                f"--data.init_args.test_size={args.retrieval_images}"
+            )
+        main(["test", *common])
+        return
+    fit = common + [
+        f"--trainer.max_steps={args.steps}", f"--data.init_args.batch_size={args.batch_size}",
+        f"--data.init_args.train_size={args.steps * args.batch_size}", "--data.init_args.val_size=64",
+        f"--trainer.val_check_interval={args.steps}", "--trainer.limit_val_batches=2",
+        f"--model.init_args.warmup_steps={args.warmup}", "--trainer.logger=false",
+        f"--trainer.callbacks.init_args.dirpath={out / 'checkpoints'}",
+        f"--trainer.callbacks.init_args.every_n_train_steps={args.steps}",
+    ]  # fmt: skip
+    main(["fit", *fit])
+    main(["test", *fit, "--ckpt_path", "last"])
+
+
+def run_column(
+    column: str, model: str, recipes: list[str], work: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """Run every recipe on one model; returns the seconds each took."""
+    results = work / column / "results.jsonl"
+    if results.exists():
+        results.unlink()
+    timings = {}
+    for recipe in recipes:
+        kind = next(r[2] for r in ROWS if r[1] == recipe)
+        log(f"{column}: {recipe} ({kind})")
+        t = time.perf_counter()
+        run_recipe(recipe, kind, model, work / column / Path(recipe).with_suffix(""), results, args)
+        timings[f"{column}:{recipe}"] = time.perf_counter() - t
+    return timings
+
+
+def chance_levels(args: argparse.Namespace) -> dict[str, float]:
+    """Chance levels: uniform guessing, or the majority answer for VQA (train majority on test)."""
+    from flava_zoo.data.shapes import ShapesVQA, ShapesWorld
+
+    world = ShapesWorld(seed=args.seed, sizes={"train": 5000, "test": args.test_size})
+    train = Counter(ShapesVQA(world, "train").annotation(i)["answer"] for i in range(5000))
+    majority = train.most_common(1)[0][0]
+    test = [ShapesVQA(world, "test").annotation(i)["answer"] for i in range(args.test_size)]
+    n = args.retrieval_images
+    return {
+        "uniform6": 100 / 6,
+        "uniform3": 100 / 3,
+        "half": 50.0,
+        "vqa_majority": 100 * sum(a == majority for a in test) / len(test),
+        "i2t": 100 * 5 / (5 * n),  # any of an image's 5 captions ranked first among 5n
+        "t2i": 100 / n,
+    }
+
+
+def read_metrics(results: Path) -> dict[tuple[str, str], float]:
+    out = {}
+    for line in results.read_text().splitlines():
+        r = json.loads(line)
+        out[(r["task"], r["metric"])] = r["value"]
+    return out
+
+
+TASK_OF = {
+    "probe/shapes_classification.yaml": "shapes/image_classification",
+    "zeroshot/shapes_classification.yaml": "shapes/image_classification",
+    "zeroshot/shapes_retrieval.yaml": "shapes/retrieval",
+    "finetune/shapes_vqa.yaml": "shapes/vqa",
+    "finetune/shapes_visual_entailment.yaml": "shapes/visual_entailment",
+    "finetune/shapes_memes.yaml": "shapes/memes",
+    "finetune/shapes_caption_entailment.yaml": "shapes/text_classification",
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} intra-op thread(s), Python {platform.python_version()}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--pretrained", required=True, help="exported folder of the pretrained model"
+    )
+    parser.add_argument(
+        "--baseline", default="flava-tiny", help="the randomly initialised architecture"
+    )
+    parser.add_argument("--out", default="benchmarks/results/downstream_shapes.md")
+    parser.add_argument(
+        "--work", default="runs/downstream_shapes", help="run folders and results files"
+    )
+    parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps per task")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--probe-train", type=int, default=2000)
+    parser.add_argument("--probe-val", type=int, default=500)
+    parser.add_argument("--retrieval-images", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--only", nargs="*", help="run only these recipes (e.g. finetune/shapes_vqa.yaml)"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="columns run in parallel processes")
+    parser.add_argument("--column", choices=("pretrained", "random"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    models = {"pretrained": str(Path(args.pretrained).resolve()), "random": args.baseline}
+    recipes = list(dict.fromkeys(r[1] for r in ROWS if not args.only or r[1] in args.only))
+    start = time.perf_counter()
+    if args.column:
+        timings = run_column(args.column, models[args.column], recipes, work, args)
+        (work / args.column / "timings.json").write_text(json.dumps(timings, indent=2))
+        return {"timings": timings}
+    if args.jobs > 1:
+        procs = [subprocess.Popen([sys.executable, __file__, *argv, "--column", c]) for c in models]
+        codes = [proc.wait() for proc in procs]
+        if any(codes):
+            raise SystemExit(f"a benchmark column failed (exit codes {codes})")
+        timings = {}
+        for c in models:
+            timings.update(json.loads((work / c / "timings.json").read_text()))
+    else:
+        timings = {}
+        for column, model in models.items():
+            timings.update(run_column(column, model, recipes, work, args))
+    total = time.perf_counter() - start
+    metrics = {c: read_metrics(work / c / "results.jsonl") for c in models}
+    chance = chance_levels(args)
+
+    table = ["| task (metric, %) | pretrained | random init | chance |", "|---|---:|---:|---:|"]
+    rows = []
+    for label, recipe, _, metric, chance_key in ROWS:
+        if recipe not in recipes:
+            continue
+        task = TASK_OF[recipe]
+        scale = 1.0 if "R@" in metric else 100.0
+        values = [metrics[c].get((task, metric)) for c in models]
+        cells = [f"{v * scale:.1f}" if v is not None else "n/a" for v in values]
+        table.append(f"| {label} | {cells[0]} | {cells[1]} | {chance[chance_key]:.1f} |")
+        rows.append({"task": label, "recipe": recipe, "metric": metric,
+                     "pretrained": values[0], "random": values[1], "chance_percent": chance[chance_key]})  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    command = "python benchmarks/downstream_shapes.py " + " ".join(shlex.quote(a) for a in argv)
+    report = [
+        "# Shapes-world downstream tasks: pretrained vs random init",
+        "",
+        f"Pretrained: `{args.pretrained}` (a `flava-zoo quickstart` export); random init: `{args.baseline}`. "
+        "Same recipes, steps, data and seeds for both columns.",
+        "",
+        *table,
+        "",
+        f"- Fine-tuning: {args.steps} steps of batch {args.batch_size} ({args.warmup} warm-up steps), "
+        f"the recipes' learning rates and layer decay; tests on {args.test_size} held-out test scenes.",
+        f"- Linear probe: {args.probe_train} train / {args.probe_val} val / {args.test_size} test images, "
+        "L2 chosen on val, refitted on train + val.",
+        f"- Zero-shot retrieval: {args.retrieval_images} test images x 5 captions.",
+        "- Chance: uniform guessing over the classes (6 shapes, 3 entailment labels, 2 meme labels); VQA: "
+        "always the training split's most frequent answer; retrieval: one hit among all candidates.",
+        f"- Command: `{command}`",
+        f"- Commit: `{commit}`{' (with uncommitted changes)' if dirty else ''}",
+        f"- Machine: {machine()}",
+        f"- Wall time: {total / 60:.1f} min ({args.jobs} column(s) in parallel, {args.threads} thread(s) each)",
+    ]
+    text = "\n".join(report) + "\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(
+        json.dumps({"rows": rows, "timings_s": timings, "args": vars(args)}, indent=2)
+    )
+    print(text)
+    return {"rows": rows, "timings": timings}
+
+
+if __name__ == "__main__":
+    main()

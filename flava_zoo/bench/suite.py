@@ -1,0 +1,508 @@
+"""Benchmark suites: which models meet which tasks, read from YAML and checked field by field.
+
+A suite is a grid of *cells* (model x task). A model is either obtained by pretraining on
+the shapes world with the pretraining recipes (``pretrain:``; ``steps``, ``args`` and
+``recipes`` may name stages the model skips, so that YAML anchors can share them) or taken as it is
+(``source:``: a registered architecture, a zoo ``arch.tag`` or an exported folder). A task
+is a downstream recipe (``recipes/finetune``, ``recipes/probe``, ``recipes/zeroshot``) with
+command-line overrides, a group (``vision``, ``language``, ``multimodal``: the columns of
+FLAVA's Table 4) and the headline metric read from its results records.
+
+Every cell and every pretraining stage has a *key*: the hash of everything that determines
+its outcome (the recipe's text included). Finished work is found again by key, so a suite
+resumes where it stopped and an edited spec reruns exactly what it changes.
+
+An example (``benchmarks/suites/shapes.yaml`` is the full one)::
+
+    name: shapes
+    overrides: [--trainer.limit_val_batches=0]       # every task cell, before its own
+    models:
+      - name: merged
+        pretrain:
+          stages: [image, text, multimodal]
+          overrides: {fusion: merged}                # model config fields
+          loss_weights: {contrastive: 1, itm: 1, mmm_image: 1, mmm_text: 1}
+          steps: {image: 150, text: 150, multimodal: 150}
+          batch_size: 32
+          args: [--data.init_args.train_size=4800]   # every stage, or a dict by stage
+      - name: random
+        source: flava-tiny
+    tasks:
+      - name: vqa
+        group: multimodal
+        recipe: recipes/finetune/shapes_vqa.yaml
+        metric: vqa_accuracy
+        overrides: [--trainer.max_steps=60]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..evaluation.results import config_hash
+
+__all__ = [
+    "GROUPS",
+    "MODES",
+    "STAGES",
+    "ModelSpec",
+    "PretrainSpec",
+    "StageSpec",
+    "Suite",
+    "TaskSpec",
+    "cell_key",
+    "find_suite",
+    "load_suite",
+]
+
+GROUPS = ("vision", "language", "multimodal")
+"""Task groups, in the order of FLAVA's Table 4 (vision, NLP, multimodal)."""
+STAGES = ("image", "text", "multimodal")
+MODES = ("fit_test", "test")
+TEST_ONLY_MODULES = ("LinearProbe", "ZeroShotClassifier")
+"""Downstream modules that fit nothing by gradient and run with ``flava-zoo test`` alone."""
+FUSION_ONLY_KEYS = ("fusion", "multimodal")
+"""Config overrides that only change the fusion encoder: the unimodal stages ignore them."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_CHECKOUT = Path(__file__).resolve().parents[2]
+"""The checkout this package runs from (where ``recipes/`` and ``benchmarks/suites/`` live)."""
+
+
+class SuiteError(ValueError):
+    """A suite file that does not follow the format: names the file and the field."""
+
+    def __init__(self, path: str | Path, field: str, problem: str) -> None:
+        super().__init__(f"{path}: {field}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One pretraining stage as it will run: ``flava-zoo fit`` on ``recipe`` with ``args``."""
+
+    stage: str
+    recipe: Path
+    recipe_text: str
+    steps: int
+    batch_size: int
+    model_overrides: dict[str, Any]
+    loss_weights: dict[str, float] | None
+    args: tuple[str, ...]
+    previous: StageSpec | None
+
+    @property
+    def key(self) -> str:
+        """Hash of the stage and of every stage before it."""
+        return config_hash(
+            {
+                "stage": self.stage,
+                "recipe": _digest(self.recipe_text),
+                "steps": self.steps,
+                "batch_size": self.batch_size,
+                "model_overrides": self.model_overrides,
+                "loss_weights": self.loss_weights,
+                "args": list(self.args),
+                "previous": self.previous.key if self.previous else None,
+            }
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage} stage ({self.steps} steps of batch {self.batch_size})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """Pretraining in stages on the recipes ``recipes/pretrain/shapes_<stage>.yaml``."""
+
+    stages: tuple[StageSpec, ...]
+
+    @property
+    def final(self) -> StageSpec:
+        return self.stages[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A suite model: pretrained by the suite (``pretrain``) or taken from ``source``."""
+
+    name: str
+    description: str = ""
+    source: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pretrain: PretrainSpec | None = None
+
+    @property
+    def key(self) -> str:
+        if self.pretrain is not None:
+            return config_hash({"pretrain": self.pretrain.final.key})
+        return config_hash({"source": self.source, "overrides": self.overrides})
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A suite task: a downstream recipe, its overrides and the number the leaderboard shows.
+
+    ``scale`` multiplies the recorded value for display (100: a fraction becomes a percentage;
+    retrieval recall is recorded in percent already). ``requires``: paths that must exist for
+    the task to run (real datasets); a cell whose data is missing is skipped, not failed.
+    """
+
+    name: str
+    group: str
+    metric: str
+    recipe: Path | None = None
+    recipe_text: str = ""
+    mode: str = "test"
+    overrides: tuple[str, ...] = ()
+    split: str = "test"
+    scale: float = 100.0
+    description: str = ""
+    requires: tuple[Path, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return config_hash(
+            {
+                "recipe": _digest(self.recipe_text),
+                "mode": self.mode,
+                "overrides": list(self.overrides),
+            }
+        )
+
+    def missing_data(self) -> list[Path]:
+        """The required paths that do not exist."""
+        return [p for p in self.requires if not p.exists()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A parsed suite: models, tasks and where its outputs go."""
+
+    name: str
+    path: Path | None
+    models: tuple[ModelSpec, ...]
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+    results: Path = Path("benchmarks/results/results.jsonl")
+    leaderboard: Path = Path("benchmarks/results/leaderboard")
+    work_dir: Path = Path("runs/bench")
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"suite {self.name!r} has no model {name!r}; it has {[m.name for m in self.models]}")
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"suite {self.name!r} has no task {name!r}; it has {[t.name for t in self.tasks]}")
+
+    @property
+    def groups(self) -> list[str]:
+        """The groups that have tasks, in Table 4 order."""
+        present = {t.group for t in self.tasks}
+        return [g for g in GROUPS if g in present]
+
+    def select(self, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> Suite:
+        """The suite restricted to some models and tasks (unknown names raise ``KeyError``)."""
+        ms = tuple(self.model(n) for n in models) if models else self.models
+        ts = tuple(self.task(n) for n in tasks) if tasks else self.tasks
+        return dataclasses.replace(self, models=ms, tasks=ts)
+
+
+def cell_key(model: ModelSpec, task: TaskSpec) -> str:
+    """The config hash of one cell: its model's and its task's keys."""
+    return config_hash({"model": model.key, "task": task.key})
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+def find_suite(name_or_path: str | Path) -> Path:
+    """A suite file: ``name_or_path`` itself, or a shipped suite by name
+    (``benchmarks/suites/<name>.yaml`` under the working directory or this checkout)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    roots = [Path.cwd(), _CHECKOUT]
+    for root in roots:
+        candidate = root / "benchmarks" / "suites" / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    shipped = sorted({p.stem for r in roots for p in (r / "benchmarks" / "suites").glob("*.yaml")})
+    raise FileNotFoundError(f"no suite file {path} and no shipped suite named {str(name_or_path)!r} (shipped: {shipped})")
+
+
+def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
+    """Read and check a suite file.
+
+    Relative recipe paths are looked up under the working directory, the suite file's
+    parent folders, then this package's checkout (so ``recipes/...`` works from anywhere).
+    ``{data_root}`` in task overrides and ``requires`` becomes ``data_root`` (argument, else
+    the suite's ``data_root``, else ``data``).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SuiteError(path, "(file)", f"not valid YAML: {e}") from e
+    return parse_suite(raw, path, data_root)
+
+
+def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path | None = None) -> Suite:
+    """A :class:`Suite` from the loaded YAML ``raw`` (``path`` names it in errors)."""
+    where = Path(path) if path is not None else Path("<suite>")
+    r = _Reader(where)
+    top = r.mapping(raw, "(top level)")
+    r.only(top, "(top level)", {"name", "description", "data_root", "results", "leaderboard", "work_dir",
+                                "overrides", "models", "tasks"})  # fmt: skip
+    name = r.name(top.get("name"), "name")
+    root = str(data_root if data_root is not None else top.get("data_root", "data"))
+    shared = r.strings(top.get("overrides", []), "overrides")
+    models = r.sequence(top.get("models"), "models")
+    tasks = r.sequence(top.get("tasks"), "tasks")
+    parsed_models = tuple(r.model(m, f"models[{i}]") for i, m in enumerate(models))
+    parsed_tasks = tuple(r.task(t, f"tasks[{i}]", shared, root) for i, t in enumerate(tasks))
+    for label, items in (("models", parsed_models), ("tasks", parsed_tasks)):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise SuiteError(where, f"{label}[{i}].name", f"{item.name!r} is used twice")
+            seen.add(item.name)
+    return Suite(
+        name=name,
+        path=Path(path) if path is not None else None,
+        models=parsed_models,
+        tasks=parsed_tasks,
+        description=str(top.get("description", "")).strip(),
+        results=Path(top.get("results", f"benchmarks/results/results_{name}.jsonl")),
+        leaderboard=Path(top.get("leaderboard", f"benchmarks/results/leaderboard_{name}")),
+        work_dir=Path(top.get("work_dir", f"runs/bench/{name}")),
+    )
+
+
+class _Reader:
+    """Field-by-field checks that name the file and the field on failure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, field: str, problem: str) -> SuiteError:
+        return SuiteError(self.path, field, problem)
+
+    def mapping(self, value: Any, field: str) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(field, f"expected a mapping, got {type(value).__name__}")
+        return dict(value)
+
+    def sequence(self, value: Any, field: str) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(field, "expected a non-empty list")
+        return value
+
+    def only(self, value: Mapping[str, Any], field: str, allowed: set[str]) -> None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise self.fail(f"{field}.{unknown[0]}" if field != "(top level)" else unknown[0],
+                            f"unknown field; expected one of {sorted(allowed)}")  # fmt: skip
+
+    def name(self, value: Any, field: str) -> str:
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise self.fail(field, f"expected a name of letters, digits and _.+- , got {value!r}")
+        return value
+
+    def strings(self, value: Any, field: str) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(field, f"expected a list of strings (command-line overrides), got {value!r}")
+        for v in value:
+            if not v.startswith("--"):
+                raise self.fail(field, f"{v!r} is not a command-line option (e.g. --trainer.max_steps=50)")
+        return tuple(value)
+
+    def positive_int(self, value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(field, f"expected a positive integer, got {value!r}")
+        return value
+
+    def recipe(self, value: Any, field: str) -> tuple[Path, str]:
+        if not isinstance(value, str) or not value:
+            raise self.fail(field, f"expected a recipe path, got {value!r}")
+        given = Path(value)
+        if given.is_absolute():
+            candidates = [given]
+        else:
+            roots = [Path.cwd(), *self.path.resolve().parents, _CHECKOUT]
+            candidates = [root / given for root in roots]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.resolve(), candidate.read_text(encoding="utf-8")
+        raise self.fail(field, f"recipe {value} not found (looked under the working directory, the suite's "
+                               "folders and this package's checkout)")  # fmt: skip
+
+    # ------------------------------------------------------------------ models
+    def model(self, value: Any, field: str) -> ModelSpec:
+        m = self.mapping(value, field)
+        self.only(m, field, {"name", "description", "source", "overrides", "pretrain"})
+        name = self.name(m.get("name"), f"{field}.name")
+        overrides = self.mapping(m.get("overrides", {}), f"{field}.overrides")
+        if ("source" in m) == ("pretrain" in m):
+            raise self.fail(field, f"model {name!r} needs exactly one of 'source' and 'pretrain'")
+        description = str(m.get("description", "")).strip()
+        if "source" in m:
+            source = m["source"]
+            if not isinstance(source, str) or not source:
+                raise self.fail(f"{field}.source", f"expected a model name, zoo arch.tag or folder, got {source!r}")
+            return ModelSpec(name, description, source=source, overrides=overrides)
+        if overrides:
+            raise self.fail(f"{field}.overrides", "a pretrained model takes its overrides under pretrain.overrides")
+        return ModelSpec(name, description, pretrain=self.pretrain(m["pretrain"], f"{field}.pretrain"))
+
+    def pretrain(self, value: Any, field: str) -> PretrainSpec:
+        p = self.mapping(value, field)
+        self.only(p, field, {"stages", "overrides", "loss_weights", "steps", "batch_size", "args", "recipes"})
+        stages = p.get("stages", list(STAGES))
+        if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
+            raise self.fail(f"{field}.stages", f"expected a list from {list(STAGES)}, got {stages!r}")
+        if len(set(stages)) != len(stages) or [s for s in STAGES if s in stages] != stages:
+            raise self.fail(f"{field}.stages", f"stages run in the order {list(STAGES)}, each once; got {stages}")
+        overrides = self.mapping(p.get("overrides", {}), f"{field}.overrides")
+        weights = p.get("loss_weights")
+        if weights is not None:
+            weights = self.mapping(weights, f"{field}.loss_weights")
+            for k, v in weights.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise self.fail(f"{field}.loss_weights.{k}", f"expected a non-negative number, got {v!r}")
+            weights = {k: float(v) for k, v in weights.items()}
+            if "multimodal" not in stages:
+                raise self.fail(f"{field}.loss_weights", "loss_weights set the multimodal stage's terms; it has none")
+        steps = self.mapping(p.get("steps"), f"{field}.steps")
+        missing = [s for s in stages if s not in steps]
+        if missing or set(steps) - set(STAGES):
+            raise self.fail(f"{field}.steps", f"give the steps of the stages {stages}, got {sorted(steps)}")
+        batch_size = self.positive_int(p.get("batch_size", 64), f"{field}.batch_size")
+        args = p.get("args", [])
+        if isinstance(args, Mapping):
+            extra = sorted(set(args) - set(STAGES))
+            if extra:
+                raise self.fail(f"{field}.args.{extra[0]}", f"not a stage; stages are {list(STAGES)}")
+            stage_args = {s: self.strings(args.get(s, []), f"{field}.args.{s}") for s in stages}
+        else:
+            common = self.strings(args, f"{field}.args")
+            stage_args = {s: common for s in stages}
+        recipes = self.mapping(p.get("recipes", {}), f"{field}.recipes")
+        extra = sorted(set(recipes) - set(STAGES))
+        if extra:
+            raise self.fail(f"{field}.recipes.{extra[0]}", f"not a stage; stages are {list(STAGES)}")
+        out: list[StageSpec] = []
+        previous = None
+        for stage in stages:
+            recipe, text = self.recipe(recipes.get(stage, f"recipes/pretrain/shapes_{stage}.yaml"), f"{field}.recipes.{stage}")
+            unimodal = stage != "multimodal"
+            stage_overrides = {k: v for k, v in overrides.items() if not (unimodal and _fusion_only(k))}
+            previous = StageSpec(
+                stage=stage,
+                recipe=recipe,
+                recipe_text=text,
+                steps=self.positive_int(steps[stage], f"{field}.steps.{stage}"),
+                batch_size=batch_size,
+                model_overrides=stage_overrides,
+                loss_weights=weights if stage == "multimodal" else None,
+                args=stage_args[stage],
+                previous=previous,
+            )
+            out.append(previous)
+        return PretrainSpec(tuple(out))
+
+    # ------------------------------------------------------------------- tasks
+    def task(self, value: Any, field: str, shared: tuple[str, ...], data_root: str) -> TaskSpec:
+        t = self.mapping(value, field)
+        self.only(t, field, {"name", "group", "recipe", "metric", "mode", "overrides", "split", "scale",
+                             "description", "requires"})  # fmt: skip
+        name = self.name(t.get("name"), f"{field}.name")
+        group = t.get("group")
+        if group not in GROUPS:
+            raise self.fail(f"{field}.group", f"expected one of {list(GROUPS)}, got {group!r}")
+        metric = t.get("metric")
+        if not isinstance(metric, str) or not metric:
+            raise self.fail(f"{field}.metric", f"expected the headline metric's name in the records, got {metric!r}")
+        recipe, text = self.recipe(t.get("recipe"), f"{field}.recipe")
+        mode = t.get("mode", _default_mode(text))
+        if mode not in MODES:
+            raise self.fail(f"{field}.mode", f"expected one of {list(MODES)}, got {mode!r}")
+        own = self.strings(t.get("overrides", []), f"{field}.overrides")
+        overrides = tuple(o.replace("{data_root}", data_root) for o in (*shared, *own))
+        scale = t.get("scale", 1.0 if "R@" in metric else 100.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise self.fail(f"{field}.scale", f"expected a positive number, got {scale!r}")
+        split = t.get("split", "test")
+        if not isinstance(split, str) or not split:
+            raise self.fail(f"{field}.split", f"expected a split name, got {split!r}")
+        requires = t.get("requires", [])
+        if not isinstance(requires, list) or not all(isinstance(p, str) for p in requires):
+            raise self.fail(f"{field}.requires", f"expected a list of paths, got {requires!r}")
+        return TaskSpec(
+            name=name,
+            group=group,
+            metric=metric,
+            recipe=recipe,
+            recipe_text=text,
+            mode=mode,
+            overrides=overrides,
+            split=split,
+            scale=float(scale),
+            description=str(t.get("description", "")).strip(),
+            requires=tuple(Path(p.replace("{data_root}", data_root)) for p in requires),
+        )
+
+
+def _fusion_only(key: str) -> bool:
+    head = re.split(r"\.|__", key, maxsplit=1)[0]
+    return head in FUSION_ONLY_KEYS
+
+
+def _default_mode(recipe_text: str) -> str:
+    """``test`` for the modules that fit nothing (linear probe, zero-shot) and for recipes
+    without a step budget; ``fit_test`` otherwise."""
+    recipe = yaml.safe_load(recipe_text) or {}
+    class_path = str((recipe.get("model") or {}).get("class_path", ""))
+    if class_path.rsplit(".", 1)[-1] in TEST_ONLY_MODULES:
+        return "test"
+    return "fit_test" if (recipe.get("trainer") or {}).get("max_steps") else "test"
+
+
+def recipe_value(recipe_text: str, dotted: str, overrides: Sequence[str] = ()) -> Any:
+    """The value of ``dotted`` (``trainer.max_steps``) after ``overrides`` (``--a.b=v``, the
+    last wins), else in the recipe, else ``None``."""
+    for option in reversed(list(overrides)):
+        key, sep, value = option[2:].partition("=")
+        if sep and key == dotted:
+            return yaml.safe_load(value)
+    node: Any = yaml.safe_load(recipe_text) or {}
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def describe_stage_args(stage: StageSpec) -> str:
+    """A short human description of a stage's settings."""
+    parts = [f"{stage.steps} steps", f"batch {stage.batch_size}"]
+    if stage.model_overrides:
+        parts.append(json.dumps(stage.model_overrides, sort_keys=True))
+    if stage.loss_weights:
+        on = [k for k, v in sorted(stage.loss_weights.items()) if v > 0]
+        parts.append("losses: " + ", ".join(on))
+    return f"{stage.stage} ({'; '.join(parts)})"

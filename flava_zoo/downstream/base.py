@@ -1,0 +1,214 @@
+"""What every downstream LightningModule shares: the backbone, the data it is attached to,
+frozen parts, layer-wise learning-rate decay, and the results records it appends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ..evaluation.results import append_results, make_records
+from ..models.flava import FlavaModel
+from ..models.heads import ITMHead
+from ..models.registry import create_model
+from .data import TaskData
+
+__all__ = ["DownstreamModule", "layer_decay_multipliers", "load_itm_head", "model_origin"]
+
+INPUTS = ("image", "text", "multimodal")
+_TOWER = {"image": "image_encoder", "text": "text_encoder"}
+
+
+def model_origin(model: str) -> str:
+    """Where the weights of ``model`` come from, for results records."""
+    path = Path(str(model))
+    if path.is_dir():
+        return str(path.resolve())
+    if "." in str(model):
+        return f"zoo:{model}"
+    return f"random init ({model})"
+
+
+def layer_decay_multipliers(
+    model: FlavaModel, decay: float, inputs: str, prefix: str = "model"
+) -> dict[str, float]:
+    """Learning-rate multipliers by parameter-name prefix for layer-wise decay (BEiT, ELECTRA).
+
+    Depth 0 is the towers' embeddings, depth ``i + 1`` tower block ``i``, then the fusion
+    encoder's input projections and blocks; the head is the top (multiplier 1) and a
+    parameter at depth ``d`` gets ``decay ** (top - d)``. Only the towers ``inputs`` uses
+    are counted (a text task's top is just above the text tower).
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    cfg = model.config
+    depths = {"image": cfg.image.num_layers, "text": cfg.text.num_layers}
+    towers = ["image", "text"] if inputs == "multimodal" else [inputs]
+    tower_top = max(depths[t] for t in towers)
+    fused = inputs == "multimodal" and model.fusion_encoder is not None
+    fusion_layers = cfg.multimodal.num_layers if fused else 0
+    top = tower_top + fusion_layers + (1 if fused else 0) + 1
+
+    def scale(depth: int) -> float:
+        return decay ** (top - depth)
+
+    out: dict[str, float] = {}
+    for tower in towers:
+        name = f"{prefix}.{_TOWER[tower]}"
+        out[name] = scale(0)
+        for i in range(depths[tower]):
+            out[f"{name}.encoder.blocks.{i}"] = scale(i + 1)
+        out[f"{name}.norm"] = scale(depths[tower])
+    if fused:
+        fusion = f"{prefix}.fusion_encoder"
+        out[fusion] = scale(tower_top + 1)
+        out[f"{fusion}.layers"] = scale(top - 1)
+        block_root = "layers.encoder.blocks" if cfg.fusion == "merged" else "layers.blocks"
+        for j in range(fusion_layers):
+            out[f"{fusion}.{block_root}.{j}"] = scale(tower_top + 2 + j)
+    return out
+
+
+def load_itm_head(path: str | Path, dim: int) -> ITMHead:
+    """An :class:`ITMHead` from a pretraining checkpoint (``objective.itm_head.*``), a
+    fine-tuning checkpoint (``itm_head.*``) or a safetensors / torch file of those keys."""
+    from ..weights import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    for marker in ("objective.itm_head.", "itm_head."):
+        head_state = {k.split(marker, 1)[1]: v for k, v in state.items() if marker in k}
+        if head_state:
+            break
+    else:
+        raise ValueError(f"{path} holds no ITM head (no 'itm_head.' keys)")
+    head = ITMHead(dim)
+    try:
+        head.load_state_dict(head_state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the ITM head does not fit a {dim}-wide fusion encoder: {err}") from None
+    return head
+
+
+class DownstreamModule(L.LightningModule):
+    """Base of the downstream modules: builds the backbone, attaches to a :class:`TaskData`,
+    keeps frozen parts in eval mode, and writes results records."""
+
+    def __init__(self, model: str, model_overrides: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.model = create_model(model, **(model_overrides or {}))
+        self._frozen_modules: list[nn.Module] = []
+
+    # ------------------------------------------------------------------- data
+    def task_data(self) -> TaskData:
+        """The trainer's data module; it must be a :class:`TaskData`."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if not isinstance(dm, TaskData):
+            raise TypeError(
+                f"{type(self).__name__} needs a flava_zoo.downstream.TaskData data module, got "
+                f"{type(dm).__name__}"
+            )
+        return dm
+
+    def freeze_modules(self, modules: list[nn.Module | None]) -> None:
+        """Stop gradients for ``modules`` and keep them in eval mode."""
+        for module in modules:
+            if module is None:
+                continue
+            module.requires_grad_(False)
+            module.eval()
+            self._frozen_modules.append(module)
+
+    def train(self, mode: bool = True):
+        """Set train mode, keeping frozen parts in eval mode (no dropout noise)."""
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
+
+    def unused_modules(self, inputs: str) -> list[nn.Module | None]:
+        """Backbone parts a task reading ``inputs`` never runs."""
+        m = self.model
+        parts: list[nn.Module | None] = [m.image_projection, m.text_projection]
+        if inputs == "image":
+            parts += [m.text_encoder, m.fusion_encoder]
+        elif inputs == "text":
+            parts += [m.image_encoder, m.fusion_encoder]
+        return parts
+
+    def encode(self, batch: Mapping[str, Any], inputs: str) -> Tensor:
+        """Class-token features ``(B, D)`` of the part ``inputs`` names: the image or text
+        tower's final class token, or the fusion encoder's multimodal class token."""
+        m = self.model
+        if inputs == "image":
+            return m.encode_image(batch["pixel_values"]).last_hidden_state[:, 0]
+        text = m.encode_text(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        if inputs == "text":
+            return text.last_hidden_state[:, 0]
+        image = m.encode_image(batch["pixel_values"])
+        return m.fuse(image, text).cls
+
+    def feature_dim(self, inputs: str) -> int:
+        cfg = self.model.config
+        if inputs == "image":
+            return cfg.image.hidden_size
+        if inputs == "text":
+            return cfg.text.hidden_size
+        if self.model.fusion_encoder is None:
+            raise ValueError("multimodal tasks need a fusion encoder; this model has fusion='none'")
+        return cfg.multimodal.hidden_size
+
+    # ---------------------------------------------------------------- results
+    def model_source(self) -> str:
+        """Where the evaluated weights come from (the model argument, plus the checkpoint or
+        the fine-tuning of this run)."""
+        origin = model_origin(self.hparams.model)
+        trainer = self._trainer
+        ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        if ckpt:
+            return f"{origin}, fine-tuned: {Path(ckpt).resolve()}"
+        if trainer is not None and self.global_step > 0:
+            return f"{origin}, fine-tuned {self.global_step} steps in this run"
+        return origin
+
+    def results_path(self) -> Path:
+        """``results`` when set, else ``results.jsonl`` in the run folder."""
+        given = self.hparams.get("results")
+        if given:
+            return Path(given)
+        return Path(self.trainer.default_root_dir) / "results.jsonl"
+
+    def record(self, metrics: Mapping[str, float], split: str, num_samples: int) -> None:
+        """Append one results record per metric (on the global-zero process)."""
+        if num_samples < 1:
+            raise ValueError(
+                f"{self.task_data().task_name} {split}: evaluated on zero samples; nothing is recorded"
+            )
+        dm = self.task_data()
+        records = make_records(
+            {k: float(v) for k, v in metrics.items()},
+            model=str(self.hparams.model),
+            model_source=self.model_source(),
+            task=dm.task_name,
+            split=split,
+            num_samples=int(num_samples),
+            config={"module": type(self).__name__, "hparams": dict(self.hparams), "data": dict(dm.hparams)},
+        )
+        if self.trainer.is_global_zero:
+            append_results(self.results_path(), records)
+
+
+def gather_count(module: L.LightningModule, count: int) -> int:
+    """``count`` summed over processes."""
+    if module.trainer.world_size > 1:
+        total = module.all_gather(torch.tensor(count, device=module.device))
+        return int(total.sum())
+    return int(count)

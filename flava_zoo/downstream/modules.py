@@ -1,0 +1,263 @@
+"""Fine-tuning with a task head: image, text, sentence-pair and multimodal classification,
+VQA with soft targets, and the STS-B regression.
+
+:class:`FinetuneModule` reads what its :class:`~flava_zoo.downstream.TaskData` says: the
+inputs (image tower, text tower, or fusion encoder class token), the label set (its head's
+width), the loss and the official metrics. The test loop scores whole splits with
+torchmetrics and appends one results record per metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..evaluation.metrics import VQAAccuracy, glue_metrics, glue_predictions, memes_metrics
+from ..models.heads import ClassificationHead
+from ..training.optim import param_groups, warmup_cosine
+from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers
+from .data import TaskData
+
+__all__ = ["LOSSES", "FinetuneModule", "task_metrics"]
+
+LOSSES = ("cross_entropy", "bce", "mse")
+
+
+def task_metrics(dm: TaskData, num_classes: int) -> MetricCollection:
+    """The official metrics of ``dm``'s task as a torchmetrics collection."""
+    family = dm.family.name
+    if dm.source == "glue":
+        return glue_metrics(dm.hparams.glue_task)
+    if family == "vqa":
+        return MetricCollection({"vqa_accuracy": VQAAccuracy()})
+    if family == "memes":
+        return memes_metrics()
+    metrics = {"accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro")}
+    if family == "image_classification" and dm.mean_per_class:
+        metrics["mean_per_class_accuracy"] = MulticlassAccuracy(num_classes=num_classes, average="macro")
+    return MetricCollection(metrics)
+
+
+def default_loss(dm: TaskData) -> str:
+    """Soft-target BCE for VQA, MSE for a regression, cross-entropy otherwise."""
+    if dm.family.name == "vqa":
+        return "bce"
+    return "mse" if dm.is_regression else "cross_entropy"
+
+
+class FinetuneModule(DownstreamModule):
+    """Fine-tune a FLAVA backbone with a classification (or regression) head.
+
+    Args:
+        model: a registered architecture (``flava-tiny``, random init), a zoo ``arch.tag``
+            or an exported folder.
+        model_overrides: config fields to override by name.
+        inputs: ``image``, ``text`` or ``multimodal``; default: what the task reads.
+        loss: ``cross_entropy``, ``bce`` (VQA soft targets, summed over answers) or ``mse``
+            (regression); default: the task's.
+        num_classes: head outputs; default: the task's label count. A value that does not
+            match the task's label set is an error.
+        head_hidden: width of the head's hidden layer (an MLP head, as FLAVA's VQA head);
+            ``None`` for a linear head.
+        dropout: dropout before the classifier.
+        freeze_backbone: train the head only.
+        lr: peak learning rate of the head (and of the top layer under layer decay).
+        layer_decay: layer-wise learning-rate decay factor in (0, 1]; ``None`` for off.
+        backbone_lr_multiplier: learning-rate multiplier of the whole backbone.
+        weight_decay: AdamW weight decay (not on norms, biases, embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up; a cosine decay follows.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        results: results file (JSON lines); default ``results.jsonl`` in the run folder.
+    """
+
+    def __init__(
+        self,
+        model: str = "flava-tiny",
+        model_overrides: dict[str, Any] | None = None,
+        inputs: str | None = None,
+        loss: str | None = None,
+        num_classes: int | None = None,
+        head_hidden: int | None = None,
+        dropout: float = 0.1,
+        freeze_backbone: bool = False,
+        lr: float = 1e-4,
+        layer_decay: float | None = None,
+        backbone_lr_multiplier: float = 1.0,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.0,
+        results: str | None = None,
+        label_names: list[str] | None = None,
+    ) -> None:
+        super().__init__(model, model_overrides)
+        self.save_hyperparameters()
+        if inputs is not None and inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+        if loss is not None and loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        self.head: nn.Module | None = None
+        if inputs is not None and num_classes is not None:
+            self._build_head(inputs, num_classes)
+        self.val_metrics: MetricCollection | None = None
+        self.test_metrics = nn.ModuleList()
+        self._counts: list[int] = []
+        self._test_names: list[str] = []
+
+    def _build_head(self, inputs: str, num_classes: int) -> None:
+        hp = self.hparams
+        self.head = ClassificationHead(self.feature_dim(inputs), num_classes, hp.head_hidden, hp.dropout)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        """Take inputs, label set, loss and metrics from the data; check they fit the head."""
+        dm = self.task_data()
+        hp = self.hparams
+        if dm.family.name == "retrieval":
+            raise ValueError("retrieval tasks use flava_zoo.downstream.RetrievalModule, not FinetuneModule")
+        if hp.inputs is not None and hp.inputs != dm.inputs:
+            raise ValueError(f"{dm.task_name} reads {dm.inputs} inputs, but the module was given inputs={hp.inputs!r}")
+        inputs = dm.inputs
+        n = dm.num_labels
+        names = dm.label_names
+        if hp.num_classes is not None and hp.num_classes != n:
+            shown = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
+            raise ValueError(f"{dm.task_name} has {n} labels{shown} but the head has {hp.num_classes} outputs")
+        if hp.label_names is not None and list(hp.label_names) != list(names):
+            raise ValueError(
+                f"{dm.task_name}'s label set differs from the one this head was trained on "
+                f"(first difference at position {_first_difference(hp.label_names, names)})"
+            )
+        hp.inputs, hp.num_classes, hp.label_names = inputs, n, list(names)
+        hp.loss = hp.loss or default_loss(dm)
+        if hp.loss == "mse" and n != 1:
+            raise ValueError(f"loss 'mse' needs a one-output regression task; {dm.task_name} has {n} labels")
+        if hp.loss == "bce" and dm.family.name != "vqa":
+            raise ValueError(f"loss 'bce' needs soft targets (VQA); {dm.task_name} has hard labels")
+        if self.head is None:
+            self._build_head(inputs, n)
+        dm.attach_model(hp.model, self.model.config.text.vocab_size if inputs != "image" else None)
+        self._frozen_modules = []
+        self.freeze_modules(self.unused_modules(inputs))
+        if hp.freeze_backbone:
+            self.freeze_modules([self.model])
+        self.val_metrics = task_metrics(dm, n)
+        if stage == "test":
+            self._test_names = dm.test_split_names
+            self.test_metrics = nn.ModuleList(task_metrics(dm, n) for _ in self._test_names)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the label set with the weights (checked again when testing)."""
+        checkpoint["label_names"] = self.hparams.label_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("label_names")
+        if saved is not None and self.hparams.label_names is not None and list(saved) != list(self.hparams.label_names):
+            raise ValueError(
+                "the checkpoint's head was trained on a different label set than the data's "
+                f"(first difference at position {_first_difference(saved, self.hparams.label_names)})"
+            )
+
+    # -------------------------------------------------------------- forward
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Head outputs ``(B, num_classes)``."""
+        if self.head is None:
+            raise RuntimeError("the head is built when the module is attached to its data (setup)")
+        return self.head(self.encode(batch, self.hparams.inputs))
+
+    def loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
+        kind = self.hparams.loss
+        if kind == "bce":
+            targets = batch["targets"].to(logits.dtype)
+            return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+        if kind == "mse":
+            return F.mse_loss(logits[:, 0].float(), batch["labels"].float())
+        return F.cross_entropy(logits.float(), batch["labels"])
+
+    def _update(self, metrics: MetricCollection, logits: Tensor, batch: dict[str, Any]) -> None:
+        dm = self.task_data()
+        logits = logits.detach().float()
+        if dm.family.name == "vqa":
+            names = self.hparams.label_names
+            metrics.update([names[i] for i in logits.argmax(1).tolist()], batch["answers"])
+        elif dm.family.name == "memes":
+            metrics.update(logits.softmax(-1)[:, 1], batch["labels"])
+        elif dm.source == "glue":
+            metrics.update(glue_predictions(dm.hparams.glue_task, logits), batch["labels"])
+        else:
+            metrics.update(logits, batch["labels"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch)
+        loss = self.loss(logits, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self(batch)
+        self.log("val/loss", self.loss(logits, batch), batch_size=logits.shape[0], sync_dist=True)
+        self._update(self.val_metrics, logits, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics is None or not self.val_metrics[next(iter(self.val_metrics.keys()))].update_called:
+            return
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._counts = [0] * len(self._test_names)
+        for metrics in self.test_metrics:
+            metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch)
+        self._update(self.test_metrics[dataloader_idx], logits, batch)
+        self._counts[dataloader_idx] += logits.shape[0]
+
+    def on_test_epoch_end(self) -> None:
+        """Score every test split over all its samples, log, and append results records."""
+        single = len(self._test_names) == 1
+        for name, metrics, count in zip(self._test_names, self.test_metrics, self._counts):
+            total = gather_count(self, count)
+            if total == 0:
+                raise ValueError(f"{self.task_data().task_name} {name}: the test split yielded no samples")
+            values = {k: float(v) for k, v in metrics.compute().items()}
+            prefix = "test" if single else f"test/{name}"
+            self.log_dict({f"{prefix}/{k}": v for k, v in values.items()})
+            self.record(values, name, total)
+
+    # ------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        """AdamW over the trainable parameters, optional layer-wise decay, warm-up + cosine."""
+        hp = self.hparams
+        mults: dict[str, float] = {}
+        if hp.backbone_lr_multiplier != 1.0:
+            mults["model"] = hp.backbone_lr_multiplier
+        if hp.layer_decay is not None:
+            decay = layer_decay_multipliers(self.model, hp.layer_decay, hp.inputs)
+            mults.update({k: v * hp.backbone_lr_multiplier for k, v in decay.items()})
+        groups = param_groups(self, hp.lr, hp.weight_decay, mults)
+        for g in groups:
+            g.pop("param_names")
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        total = int(total) if total != float("inf") else 100_000
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"{i}: {x!r} vs {y!r}"
+    return f"{min(len(a), len(b))}: {len(a)} vs {len(b)} labels"
