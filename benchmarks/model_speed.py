@@ -489,6 +489,20 @@ def run_task(task: str, kwargs: dict[str, Any], threads: int, in_process: bool) 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _previous_rows(
+    path: Path, batch: int, text_length: int
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows of an earlier report at ``path`` measured with the same batch and text length."""
+    if not path.exists():
+        return {}
+    report = json.loads(path.read_text())
+    if report.get("inputs", {}).get("batch") != batch:
+        return {}
+    if report.get("inputs", {}).get("text_length") != text_length:
+        return {}
+    return {(r["size"], r["precision"]): r for r in report.get("results", [])}
+
+
 def _ref_size(peak: dict[str, Any]) -> int | None:
     """The square size that reached the peak, capped at 2048 (a fraction of a second)."""
     if not peak["by_size"]:
@@ -704,6 +718,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the measured matmul peak, exceeds this",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the (size, precision) rows already in the --out JSON (same batch and text "
+        "length) and measure only the missing ones; each row keeps its own matmul peak",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="run every measurement in this process (fast smoke runs; memory less isolated)",
@@ -808,12 +828,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.with_suffix(".md").write_text(render_markdown(report))
         return report
 
+    done = (
+        _previous_rows(Path(args.out).with_suffix(".json"), batch, text_length)
+        if args.resume
+        else {}
+    )
     ordered = sorted(precisions, key=PRECISIONS.index)  # fp32 first: it counts the FLOPs
     for size in sizes:
         cfg = flava_zoo.get_config(size)
         reps = args.reps_base if (cfg.image.hidden_size >= 768 and args.reps_base) else args.reps
         flops: dict[str, Any] | None = None
         for prec in ordered:
+            if (size, prec) in done:
+                row = done[(size, prec)]
+                log(f"{size} {prec}: kept from the previous run ({row.get('measured_at')})")
+                results.append(row)
+                notes.append(
+                    f"{size} {prec} kept from an earlier run (--resume), measured at "
+                    f"{row.get('measured_at', 'an unrecorded time')} against its own matmul peak"
+                )
+                if row["status"] == "ok" and flops is None:
+                    flops = {
+                        "ours": row["ours"]["flops"],
+                        "peer": row["peer"]["flops"],
+                        "useful": row["useful_flops"],
+                        "ours_parameters": row["ours"]["parameters"],
+                        "peer_parameters": row["peer"]["parameters"],
+                    }
+                continue
             if flops is None and prec != "fp32":
                 log(f"{size}: counting FLOPs")
                 flops = run_task(
@@ -833,6 +875,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     log(f"{size} {prec}: skipped ({reason})")
                     results.append(
                         {
+                            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                             "size": size,
                             "precision": prec,
                             "status": "skipped",
@@ -887,6 +930,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args.in_process,
             )
             row = summarise(size, prec, flops, timing, memory, peaks[prec]["gflops"])
+            row["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
             results.append(row)
             write(complete=False)
             log(

@@ -100,3 +100,87 @@ def test_model_speed_tiny_run_writes_report(tmp_path):
     assert row["alongside"]["gflops_median"] > 0 and row["alongside"]["ours_frac_useful"] > 0
     md = out.with_suffix(".md").read_text()
     assert "| flava-tiny | fp32 |" in md
+
+    # --resume keeps measured rows instead of measuring them again
+    try:
+        again = model_speed.main(
+            [
+                "--sizes",
+                "flava-tiny",
+                "--precisions",
+                "fp32",
+                "--batch",
+                "2",
+                "--peak-sizes",
+                "128",
+                "--threads",
+                "1",
+                "--in-process",
+                "--resume",
+                "--out",
+                str(out),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert again["results"] == data["results"]
+
+
+SPEED_SCRIPT = SCRIPT.with_name("speed.py")
+
+
+def test_speed_tiny_run_writes_table(tmp_path):
+    import torch
+
+    import flava_zoo
+
+    spec = importlib.util.spec_from_file_location("speed", SPEED_SCRIPT)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    out = tmp_path / "speed"
+    threads = torch.get_num_threads()
+    try:
+        report = speed.main(
+            [
+                "--sizes",
+                "flava-tiny",
+                "--batch",
+                "2",
+                "--reps",
+                "1",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--in-process",
+                "--out",
+                str(out),
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data == json.loads(json.dumps(report))
+    for key in ("command", "git_commit", "git_dirty", "machine", "settings", "started", "finished"):
+        assert key in data
+    assert data["settings"]["device"] == "cpu" and data["settings"]["precision"] == "fp32"
+    assert data["settings"]["batch"] == 2 and data["settings"]["text_length"] == 77
+    assert data["machine"]["cpu"]["model"] and data["complete"]
+    rows = {r["implementation"]: r for r in data["rows"]}
+    assert set(rows) == {"flava_zoo", "transformers", "torchmultimodal"}
+    expected = sum(p.numel() for p in flava_zoo.create_model("flava-tiny").parameters())
+    assert rows["flava_zoo"]["parameters"] == expected
+    for impl in ("flava_zoo", "transformers"):
+        r = rows[impl]
+        assert r["size"] == "flava-tiny" and r["status"] == "ok"
+        assert r["forward_ms_median"] > 0 and r["train_ms_median"] > 0
+        assert r["throughput_samples_per_s"] > 0
+        assert r["forward_flops_per_sample"] > 0 and r["train_flops_per_sample"] > 0
+        assert r["parameters"] > 0 and r["peak_mib"] is not None
+    if not speed.torchmultimodal_available():
+        assert rows["torchmultimodal"]["status"] == "not installed"
+    (ratio,) = [q for q in data["ratios"] if q["against"] == "transformers"]
+    assert ratio["forward_speedup"] > 0 and ratio["train_speedup"] > 0
+    md = out.with_suffix(".md").read_text()
+    assert "speedup (peer/ours)" in md
+    assert "| flava-tiny | transformers |" in md and "| flava-tiny | flava_zoo |" in md

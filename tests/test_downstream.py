@@ -130,6 +130,31 @@ def test_linear_probe_recipe_caches_features(tmp_path, monkeypatch):
 
 
 # -------------------------------------------------------------------------- linear probe
+def test_feature_pooling_cls_mean_and_embedding():
+    """``mean`` leaves text padding out, ``embedding`` is the tower's contrastive embedding."""
+    from flava_zoo.downstream import LinearProbe
+
+    probe = LinearProbe(model="flava-tiny", pooling="mean")
+    ids = torch.randint(5, 1000, (2, 7))
+    am = torch.ones_like(ids)
+    am[0, 4:] = 0
+    batch = {"pixel_values": torch.randn(2, 3, 64, 64), "input_ids": ids, "attention_mask": am}
+    with torch.no_grad():
+        text = probe.model.encode_text(ids, am)
+        mean = probe.encode(batch, "text", "mean")
+        torch.testing.assert_close(mean[0], text.last_hidden_state[0, :4].mean(0))
+        torch.testing.assert_close(mean[1], text.last_hidden_state[1].mean(0))
+        torch.testing.assert_close(probe.encode(batch, "text", "cls"), text.last_hidden_state[:, 0])
+        torch.testing.assert_close(probe.encode(batch, "image", "embedding"),
+                                   probe.model.encode_image(batch["pixel_values"]).embedding)
+        fused = probe.encode(batch, "multimodal", "mean")
+        assert fused.shape == (2, probe.model.config.multimodal.hidden_size)
+    with pytest.raises(ValueError, match="no contrastive embedding"):
+        probe.encode(batch, "multimodal", "embedding")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        LinearProbe(model="flava-tiny", pooling="max")
+
+
 def test_l2_sweep_chooses_on_validation_and_separates_separable_features():
     from flava_zoo.downstream.linear_probe import run_probe
 

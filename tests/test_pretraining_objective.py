@@ -33,9 +33,10 @@ def objective(fusion="merged", **kw):
     return FlavaForPretraining(create_model("flava-tiny", fusion=fusion), **kw)
 
 
+@pytest.mark.parametrize("mode", ["swap", "extra"])
 @pytest.mark.parametrize("fusion", ["merged", "co_attention", "none"])
-def test_pairs_compute_every_term_and_every_used_parameter_gets_a_gradient(fusion):
-    obj = objective(fusion, itm_hard_negatives=True)
+def test_pairs_compute_every_term_and_every_used_parameter_gets_a_gradient(fusion, mode):
+    obj = objective(fusion, itm_hard_negatives=True, itm_negatives=mode)
     out = obj(make_batch())
     expected = {"contrastive", "mim", "mlm", "loss"}
     if fusion != "none":
@@ -47,6 +48,44 @@ def test_pairs_compute_every_term_and_every_used_parameter_gets_a_gradient(fusio
     assert no_grad == []
     parts = sum(float(v) for k, v in out.terms.items() if k != "loss")
     assert abs(parts - float(out.loss.detach())) < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["swap", "extra"])
+def test_itm_negatives_swap_half_the_pairs_or_run_a_second_fusion_pass(mode, monkeypatch):
+    obj = objective(itm_negatives=mode)
+    model = obj.model
+    calls, itm_labels, mmm_rows = [], [], []
+    fuse, itm_loss = model.fuse, __import__("flava_zoo.losses", fromlist=["itm_loss"]).itm_loss
+
+    def spy_fuse(image, text):
+        calls.append(text.last_hidden_state.detach().clone())
+        return fuse(image, text)
+
+    def spy_itm(logits, labels):
+        itm_labels.append(labels)
+        return itm_loss(logits, labels)
+
+    monkeypatch.setattr(model, "fuse", spy_fuse)
+    monkeypatch.setattr("flava_zoo.losses.itm_loss", spy_itm)
+    obj.mmm_text_head.register_forward_hook(lambda mod, args, out: mmm_rows.append(args[0].shape[0]))
+    b = 6
+    batch = make_batch(b=b)  # every row has mlm labels at positions 1 and 2
+    out = obj(batch)
+    labels = itm_labels[0]
+    if mode == "swap":
+        assert len(calls) == 1 and labels.shape == (b,)
+        assert int(labels.sum()) == b - b // 2  # half the pairs mismatched
+        text = obj.model.encode_text(batch["masked_input_ids"], batch["attention_mask"]).last_hidden_state
+        for row in range(b):  # matched rows keep their own text, swapped rows another one's
+            same = torch.allclose(calls[0][row], text[row], atol=1e-5)
+            assert same == bool(labels[row])
+        assert mmm_rows == [2 * int(labels.sum())]  # MMM-text on the matched rows only
+    else:
+        assert len(calls) == 2 and labels.tolist() == [1] * b + [0] * b
+        assert mmm_rows == [2 * b]
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="itm_negatives must be one of"):
+        objective(itm_negatives="both")
 
 
 def test_unimodal_batches_compute_only_their_term():

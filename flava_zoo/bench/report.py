@@ -108,16 +108,20 @@ def render(
         last = runs[contributing[-1]]
         state = f"`{last.get('commit')}`" + (" with uncommitted changes" if last.get("dirty") else "")
         load = last.get("machine", {}).get("load_average")
+        load_end = last.get("load_average_end")
         wall = sum(runs[i].get("wall_s", 0.0) for i in contributing)
         cpu = sum(runs[i].get("cpu_s", 0.0) for i in contributing)
+        stopped = sum(not runs[i].get("finished", True) for i in contributing)
         lines += [
             f"- Command: `{last.get('command') or '(not recorded)'}`"
             + (f" (resuming {len(contributing) - 1} earlier run(s) whose work is kept)" if len(contributing) > 1 else ""),
             f"- Commit: {state}",
             f"- Machine: {describe_machine(last.get('machine', {}))}"
-            + (f"; load average {load[0]} when the run started" if load else ""),
+            + (f"; load average {load[0]} when the run started" if load else "")
+            + (f", {load_end[0]} when it ended" if load_end else ""),
             f"- Wall time: {wall / 60:.1f} min ({cpu / 60:.1f} min of CPU time in the jobs), "
-            f"{last.get('jobs', 1)} job(s) x {last.get('threads', '?')} thread(s); started {last.get('started', '?')}",
+            f"{last.get('jobs', 1)} job(s) x {last.get('threads', '?')} thread(s); started {last.get('started', '?')}"
+            + (f"; {stopped} run(s) stopped before their end" if stopped else ""),
         ]
     else:
         lines.append("- No run of this suite is recorded next to the results file.")

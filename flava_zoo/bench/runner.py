@@ -87,10 +87,40 @@ class RunSummary:
     skipped_data: int = 0
     wall_s: float = 0.0
     entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    log: _RunLog | None = None
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+
+class _RunLog:
+    """This run's line in the run log, rewritten (atomically) after every job, so that a run
+    killed from outside still leaves what it did and for how long; ``finished`` stays false
+    when the run did not reach its end."""
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self.start = time.perf_counter()
+        self.before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if self.before and not self.before.endswith("\n"):
+            self.before += "\n"
+
+    def update(self, summary: RunSummary, start: float | None = None, finished: bool | None = None) -> None:
+        if start is not None:
+            self.start = start
+        if finished is not None:
+            self.header["finished"] = finished
+        summary.wall_s = time.perf_counter() - self.start
+        with contextlib.suppress(OSError):
+            self.header["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        line = {**self.header, "wall_s": round(summary.wall_s, 1),
+                "cpu_s": round(sum(e.get("cpu_s", 0.0) for e in summary.entries), 1), "work": summary.entries}  # fmt: skip
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(self.before + json.dumps(line) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
 
 
 # ------------------------------------------------------------------------------ planning
@@ -425,6 +455,11 @@ def run_suite(
     env = {"machine": machine(), **git_state(Path(suite.path).parent if suite.path else None)}
     progress = Progress(len(work.jobs), out)
     interrupted = False
+    log = _RunLog(runs_log_path(suite.results), {
+        "suite": suite.name, "command": command, "started": started_at, "jobs": jobs, "threads": threads, **env,
+    })  # fmt: skip
+    summary.log = log
+    log.update(summary, start, finished=False)
     executor: Any = _executor(jobs)
     pending = list(work.jobs)
     running: dict[cf.Future, Job] = {}
@@ -487,16 +522,7 @@ def run_suite(
         raise
     finally:
         executor.shutdown(wait=not interrupted, cancel_futures=True)
-        summary.wall_s = time.perf_counter() - start
-        log = {
-            "suite": suite.name, "command": command, "started": started_at, "wall_s": round(summary.wall_s, 1),
-            "cpu_s": round(sum(e.get("cpu_s", 0.0) for e in summary.entries), 1), "jobs": jobs, "threads": threads,
-            "interrupted": interrupted, **env, "work": summary.entries,
-        }  # fmt: skip
-        path = runs_log_path(suite.results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(log) + "\n")
+        log.update(summary, start, finished=not interrupted)
     progress.say(f"finished: {summary.ran} ran, {summary.failed} failed, in {summary.wall_s / 60:.1f} min")
     return summary
 
@@ -517,6 +543,8 @@ def _finish(suite: Suite, job: Job, result: dict[str, Any], status: dict[str, st
              "wall_s": round(result["wall_s"], 1), "cpu_s": round(result["cpu_s"], 1), "error": result["error"]}  # fmt: skip
     entry.update({"tasks": job.tasks} if job.kind == "cell" else {"stage": job.stage})
     summary.entries.append(entry)
+    if summary.log is not None:
+        summary.log.update(summary)
     progress.ended(job, result, detail)
 
 

@@ -507,16 +507,20 @@ class ShapesWorld:
         """The primary caption of scene ``index`` of ``split``, used for image-text pairs."""
         return self._primary(self.scene(split, index), self.rng(split, index, _CAPTIONS))
 
-    def corpus(self, split: str, include_tasks: bool = False) -> Iterator[str]:
-        """Every caption of every scene of ``split``; with ``include_tasks`` also VQA
-        questions and answers, entailment hypotheses and meme texts (for a tokenizer vocabulary).
+    def corpus(
+        self, split: str, include_tasks: bool = False, max_scenes: int | None = None
+    ) -> Iterator[str]:
+        """Every caption of every scene of ``split`` (of its first ``max_scenes`` scenes when
+        given); with ``include_tasks`` also VQA questions and answers, entailment hypotheses
+        and meme texts (for a tokenizer vocabulary).
         """
         vqa, entailment, memes = (
             ShapesVQA(self, split),
             ShapesEntailment(self, split),
             ShapesMemes(self, split),
         )
-        for index in range(self.split_size(split)):
+        count = self.split_size(split) if max_scenes is None else min(max_scenes, self.split_size(split))
+        for index in range(count):
             yield from self.scene_captions(split, index)
             if include_tasks:
                 qa = vqa.annotation(index)

@@ -20,6 +20,7 @@ from .data import TaskData
 __all__ = ["DownstreamModule", "layer_decay_multipliers", "load_itm_head", "model_origin"]
 
 INPUTS = ("image", "text", "multimodal")
+POOLINGS = ("cls", "mean", "embedding")
 _TOWER = {"image": "image_encoder", "text": "text_encoder"}
 
 
@@ -144,17 +145,32 @@ class DownstreamModule(L.LightningModule):
             parts += [m.image_encoder, m.fusion_encoder]
         return parts
 
-    def encode(self, batch: Mapping[str, Any], inputs: str) -> Tensor:
-        """Class-token features ``(B, D)`` of the part ``inputs`` names: the image or text
-        tower's final class token, or the fusion encoder's multimodal class token."""
+    def encode(self, batch: Mapping[str, Any], inputs: str, pooling: str = "cls") -> Tensor:
+        """Features ``(B, D)`` of the part ``inputs`` names (image tower, text tower or fusion
+        encoder): its class token (``cls``), the mean of its tokens (``mean``, padding left
+        out) or, for a tower, its normalised contrastive embedding (``embedding``)."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         m = self.model
         if inputs == "image":
-            return m.encode_image(batch["pixel_values"]).last_hidden_state[:, 0]
-        text = m.encode_text(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-        if inputs == "text":
-            return text.last_hidden_state[:, 0]
-        image = m.encode_image(batch["pixel_values"])
-        return m.fuse(image, text).cls
+            out = m.encode_image(batch["pixel_values"])
+        else:
+            text = m.encode_text(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+            if inputs == "text":
+                out = text
+            else:
+                if pooling == "embedding":
+                    raise ValueError("multimodal features have no contrastive embedding: pool 'cls' or 'mean'")
+                out = m.fuse(m.encode_image(batch["pixel_values"]), text)
+        if pooling == "embedding":
+            return out.embedding
+        states = out.last_hidden_state
+        if pooling == "cls":
+            return states[:, 0]
+        if out.attention_mask is None:
+            return states.mean(1)
+        keep = out.attention_mask[:, : states.shape[1]].to(states.dtype)[..., None]
+        return (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
     def feature_dim(self, inputs: str) -> int:
         cfg = self.model.config

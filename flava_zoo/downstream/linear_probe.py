@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import INPUTS, DownstreamModule
+from .base import INPUTS, POOLINGS, DownstreamModule
 from .data import fingerprint_hash
 
 __all__ = [
@@ -254,8 +254,10 @@ class LinearProbe(DownstreamModule):
     Args:
         model: a registered architecture (random init), a zoo ``arch.tag`` or an exported folder.
         model_overrides: config fields to override by name.
-        features: ``image`` (image tower class token), ``text`` (text tower class token) or
-            ``multimodal`` (fusion class token); default: what the task reads.
+        features: ``image`` (image tower), ``text`` (text tower) or ``multimodal`` (fusion
+            encoder); default: what the task reads.
+        pooling: ``cls`` (the class token), ``mean`` (mean of the tokens) or ``embedding``
+            (a tower's contrastive embedding).
         num_classes: expected number of classes; a task with another label set is an error.
         l2_grid: initial L2 strengths of the sweep.
         refine_steps: bisection rounds around the best strength.
@@ -270,6 +272,7 @@ class LinearProbe(DownstreamModule):
         model: str = "flava-tiny",
         model_overrides: dict[str, Any] | None = None,
         features: str | None = None,
+        pooling: str = "cls",
         num_classes: int | None = None,
         l2_grid: list[float] | None = None,
         refine_steps: int = 2,
@@ -282,6 +285,8 @@ class LinearProbe(DownstreamModule):
         self.save_hyperparameters()
         if features is not None and features not in INPUTS:
             raise ValueError(f"features must be one of {INPUTS}, got {features!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model.requires_grad_(False)
         self.extract_calls = 0
         self._train: tuple[Tensor, Tensor] | None = None
@@ -319,7 +324,8 @@ class LinearProbe(DownstreamModule):
         dm = self.task_data()
         if not hasattr(self, "_fingerprint"):
             self._fingerprint = model_fingerprint(self.model)
-        key = {"model": self._fingerprint, "features": self.kind, "data": dm.fingerprint(split)}
+        key = {"model": self._fingerprint, "features": self.kind, "pooling": self.hparams.pooling,
+               "data": dm.fingerprint(split)}
         if self.kind != "image":
             key.update(max_length=dm.hparams.max_length, tokenizer=dm.tokenizer_origin)
         return fingerprint_hash(key)
@@ -328,7 +334,7 @@ class LinearProbe(DownstreamModule):
     def extract(self, batch: dict[str, Any]) -> Tensor:
         """Features of one batch (counted in ``extract_calls``)."""
         self.extract_calls += 1
-        return self.encode(batch, self.kind).float()
+        return self.encode(batch, self.kind, self.hparams.pooling).float()
 
     def _split_features(self, split: str) -> tuple[Tensor, Tensor]:
         cache, key = self.cache(), self.cache_key(split)

@@ -6,6 +6,15 @@ unmasked inputs and, on the masked inputs fused, masked multimodal modelling (MM
 and text) and image-text matching (ITM) against in-batch or hard negatives. Unimodal MIM
 and MLM on pairs come for free from the masked towers when their weights are positive.
 A term is computed only when its weight is positive and its inputs are in the batch.
+
+ITM negatives come one of two ways (``itm_negatives``):
+
+* ``swap`` (FLAVA's, and transformers' ``FlavaForPreTraining``): half of the pairs, drawn
+  at random, get another sample's text; one fusion pass scores all ``B`` pairs for ITM and
+  MMM is computed on the matched half only.
+* ``extra``: the fusion encoder runs a second time on ``B`` negative pairs, so ITM sees
+  ``2B`` pairs and MMM all ``B`` matched ones, at the cost of that second pass (a sixth of
+  flava-tiny's multimodal step).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from .flava import FlavaModel
 from .heads import ITMHead, MaskedPredictionHead
 
 LOSS_TERMS = ("mim", "mlm", "contrastive", "itm", "mmm_image", "mmm_text")
+ITM_NEGATIVES = ("swap", "extra")
 
 
 @dataclass
@@ -54,7 +64,9 @@ class FlavaForPretraining(nn.Module):
 
     ``image_tokenizer`` is required when ``model.config.mim_target == "codebook"`` and
     unused otherwise; nothing is downloaded. ``itm_hard_negatives`` draws each image's
-    negative text from the softmax of its contrastive similarities instead of uniformly.
+    negative text from the softmax of its contrastive similarities instead of uniformly;
+    ``itm_negatives`` is ``swap`` (FLAVA's: half the pairs mismatched, one fusion pass) or
+    ``extra`` (a second fusion pass over ``B`` negatives; see the module docstring).
     """
 
     def __init__(
@@ -64,8 +76,12 @@ class FlavaForPretraining(nn.Module):
         itm_hard_negatives: bool = False,
         image_tokenizer: ImageTokenizer | None = None,
         seed: int = 0,
+        itm_negatives: str = "swap",
     ) -> None:
         super().__init__()
+        if itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
+        self.itm_negatives = itm_negatives
         self.model = model
         cfg = model.config
         if isinstance(weights, Mapping):
@@ -97,13 +113,13 @@ class FlavaForPretraining(nn.Module):
             self.itm_head = self.mmm_image_head = self.mmm_text_head = None
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _image_targets(self, pixel_values: Tensor, mask: Tensor) -> Tensor:
-        """MIM targets at the masked patches: normalised pixels ``(M, p*p*C)`` or codes ``(M,)``."""
+    def _image_targets(self, pixel_values: Tensor) -> Tensor:
+        """MIM targets of every patch: normalised pixels ``(B, N, p*p*C)`` or codes ``(B, N)``."""
         cfg = self.model.config.image
         if self.image_tokenizer is not None:
             grid = (pixel_values.shape[-2] // cfg.patch_size, pixel_values.shape[-1] // cfg.patch_size)
-            return self.image_tokenizer.tokenize(pixel_values, grid)[mask]
-        return losses.normalized_pixel_targets(pixel_values, cfg.patch_size)[mask]
+            return self.image_tokenizer.tokenize(pixel_values, grid)
+        return losses.normalized_pixel_targets(pixel_values, cfg.patch_size)
 
     def _image_loss(self, head: nn.Module, states: Tensor, targets: Tensor) -> Tensor:
         pred = head(states)
@@ -136,7 +152,7 @@ class FlavaForPretraining(nn.Module):
             image_mask = image_mask.bool()
             needs = w["mim"] > 0 or (paired and w["mmm_image"] > 0 and model.fusion_encoder is not None)
             if needs:
-                image_targets = self._image_targets(pixels, image_mask)
+                image_targets = self._image_targets(pixels)
         text_selected = labels.ne(-100) if labels is not None else None
 
         if paired and w["contrastive"] > 0 and ids is not None:
@@ -158,31 +174,41 @@ class FlavaForPretraining(nn.Module):
             text_m = model.encode_text(text_in, text_mask)
 
         if image_m is not None and image_mask is not None and w["mim"] > 0:
-            terms["mim"] = self._image_loss(self.mim_head, image_m.last_hidden_state[:, 1:][image_mask], image_targets)
+            states = image_m.last_hidden_state[:, 1:][image_mask]
+            terms["mim"] = self._image_loss(self.mim_head, states, image_targets[image_mask])
         if text_m is not None and text_selected is not None and w["mlm"] > 0:
             logits = self.mlm_head(text_m.last_hidden_state[text_selected])
             terms["mlm"] = losses.masked_prediction_loss(logits, labels[text_selected])
 
         if fused_terms:
-            fused = model.fuse(image_m, text_m)
-            if image_mask is not None and w["mmm_image"] > 0:
-                states = fused.image_states[:, 1:][image_mask]
-                terms["mmm_image"] = self._image_loss(self.mmm_image_head, states, image_targets)
-            if text_selected is not None and w["mmm_text"] > 0:
-                logits = self.mmm_text_head(fused.text_states[text_selected])
-                terms["mmm_text"] = losses.masked_prediction_loss(logits, labels[text_selected])
             b = pixels.shape[0]
-            if w["itm"] > 0 and b > 1:
+            itm = w["itm"] > 0 and b > 1
+            negatives = None
+            if itm:
                 sim = similarity if self.itm_hard_negatives else None
                 negatives = losses.sample_itm_negatives(
                     b, None if sim is None else sim.cpu(), self.generator
                 ).to(pixels.device)
-                text_neg = type(text_m)(
-                    last_hidden_state=text_m.last_hidden_state[negatives],
-                    prenorm_state=text_m.prenorm_state[negatives],
-                    attention_mask=text_m.attention_mask[negatives],
-                )
-                negative = model.fuse(image_m, text_neg)
+            # rows whose pair is matched: all of them, unless half are swapped for negatives
+            matched = torch.ones(b, dtype=torch.bool, device=pixels.device)
+            text_f = text_m
+            if itm and self.itm_negatives == "swap":
+                swapped = torch.randperm(b, generator=self.generator)[: b // 2].to(pixels.device)
+                matched[swapped] = False
+                text_f = _select_text(text_m, torch.where(matched, torch.arange(b, device=pixels.device), negatives))
+            fused = model.fuse(image_m, text_f)
+            if image_mask is not None and w["mmm_image"] > 0:
+                keep = image_mask & matched[:, None]
+                states = fused.image_states[:, 1:][keep]
+                terms["mmm_image"] = self._image_loss(self.mmm_image_head, states, image_targets[keep])
+            if text_selected is not None and w["mmm_text"] > 0:
+                keep = text_selected & matched[:, None]
+                logits = self.mmm_text_head(fused.text_states[keep])
+                terms["mmm_text"] = losses.masked_prediction_loss(logits, labels[keep])
+            if itm and self.itm_negatives == "swap":
+                terms["itm"] = losses.itm_loss(self.itm_head(fused.cls), matched.long())
+            elif itm:
+                negative = model.fuse(image_m, _select_text(text_m, negatives))
                 logits = self.itm_head(torch.cat([fused.cls, negative.cls]))
                 itm_labels = torch.cat([torch.ones(b), torch.zeros(b)]).long().to(logits.device)
                 terms["itm"] = losses.itm_loss(logits, itm_labels)
@@ -192,3 +218,12 @@ class FlavaForPretraining(nn.Module):
             )
         total, logs = losses.combine_losses(terms, w)
         return PretrainingOutput(loss=total, terms=logs)
+
+
+def _select_text(text, rows: Tensor):
+    """The text tower output ``text`` with its rows reordered by ``rows`` (for ITM negatives)."""
+    return type(text)(
+        last_hidden_state=text.last_hidden_state[rows],
+        prenorm_state=text.prenorm_state[rows],
+        attention_mask=None if text.attention_mask is None else text.attention_mask[rows],
+    )

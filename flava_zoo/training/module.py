@@ -45,6 +45,8 @@ class FlavaPretrainModule(L.LightningModule):
         loss_weights: per-term weights; unset terms take the stage's defaults (all 1 for
             the stage's own losses, 0 for the rest).
         itm_hard_negatives: draw ITM negatives from contrastive similarity (ALBEF-style).
+        itm_negatives: ``swap`` (FLAVA's: half the pairs get another text, one fusion pass,
+            MMM on the matched half) or ``extra`` (a second fusion pass over ``B`` negatives).
         lr: peak learning rate (FLAVA: 1e-3 at batch 8192; scale for your batch).
         lr_multipliers: per-tower multipliers, keys ``image``, ``text``, ``fusion``.
         weight_decay: AdamW weight decay, not applied to norms, biases and embeddings.
@@ -67,6 +69,7 @@ class FlavaPretrainModule(L.LightningModule):
         freeze: list[str] | None = None,
         loss_weights: dict[str, float] | None = None,
         itm_hard_negatives: bool = False,
+        itm_negatives: str = "swap",
         lr: float = 1e-3,
         lr_multipliers: dict[str, float] | None = None,
         weight_decay: float = 0.1,
@@ -95,7 +98,7 @@ class FlavaPretrainModule(L.LightningModule):
 
             image_tokenizer = DalleImageTokenizer.from_file(codebook_path)
         self.objective = FlavaForPretraining(
-            backbone, LossWeights(**weights), itm_hard_negatives, image_tokenizer, seed
+            backbone, LossWeights(**weights), itm_hard_negatives, image_tokenizer, seed, itm_negatives
         )
         if init_from:
             load_stage_weights(self.objective, init_from)

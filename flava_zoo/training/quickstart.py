@@ -3,7 +3,16 @@
 Stage 1 trains the image tower with masked image modelling, stage 2 the text tower with
 masked language modelling (the image tower frozen), stage 3 everything with the
 contrastive, ITM and MMM losses. Then zero-shot retrieval is measured on 1,000 held-out
-test pairs (a hit is the image's own caption) and printed against chance. The output
+test pairs (a hit is the image's own caption) and printed against chance.
+
+Two settings of stage 3 matter (measured with a contrastive-only stage 3 of 300 steps of
+batch 64 after the two unimodal stages, R@1 on 1,000 test pairs): pairing each image with
+its primary caption, which names every object (4.8 R@1 against 0.3 after 250 steps when a
+random one of its five captions is drawn: a negation or a count fits many images of a
+batch, so the contrastive task is mostly ambiguous); and a learning rate of 1e-3 (at 2e-3
+the embeddings collapse to one point and the loss stays at ln 64). The unimodal stages
+matter too: from scratch the text tower's class token starts out nearly the same for every
+caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. The output
 folder holds the final weights (``model.safetensors`` + ``config.json`` + ``vocab.txt``,
 loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``.
 """
@@ -17,6 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..data.datamodules import ShapesPretrainData, shapes_tokenizer
 from ..data.shapes import ShapesPairs, ShapesWorld
@@ -49,7 +59,10 @@ def evaluate_retrieval(model, tokenizer, world: ShapesWorld, split: str, num_pai
 
 
 def _trainer(max_steps: int, progress: bool) -> L.Trainer:
+    # a tqdm bar redrawn every 10 steps: rich's bar redraws from a thread of its own, which
+    # costs a two-core machine about 8% of its step time
     return L.Trainer(
+        callbacks=[TQDMProgressBar(refresh_rate=10)] if progress else None,
         max_steps=max_steps,
         accelerator="cpu",
         devices=1,
@@ -66,15 +79,19 @@ def _trainer(max_steps: int, progress: bool) -> L.Trainer:
 def run(
     output: str | Path = "quickstart_out",
     seed: int = 0,
-    image_steps: int = 150,
-    text_steps: int = 150,
-    multimodal_steps: int = 500,
+    image_steps: int = 100,
+    text_steps: int = 100,
+    multimodal_steps: int = 280,
     batch_size: int = 64,
     lr: float = 2e-3,
+    multimodal_lr: float = 1e-3,
     eval_pairs: int = 1000,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Run the three stages and the evaluation; write weights and ``metrics.json`` to ``output``."""
+    """Run the three stages and the evaluation; write weights and ``metrics.json`` to ``output``.
+
+    ``lr`` is the unimodal stages' peak learning rate, ``multimodal_lr`` stage 3's.
+    """
     start = time.perf_counter()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -94,7 +111,7 @@ def run(
             stage=stage,
             init_from=previous,
             freeze=["image"] if stage == "text" else None,
-            lr=lr,
+            lr=multimodal_lr if stage == "multimodal" else lr,
             warmup_steps=max(1, steps // 10),
             weight_decay=0.05,
             seed=seed,
@@ -102,9 +119,11 @@ def run(
         image_cfg = module.model.config.image
         data = ShapesPretrainData(
             stage=stage, seed=seed, image_size=image_cfg.image_size, patch_size=image_cfg.patch_size,
-            batch_size=batch_size, tokenizer=str(tokenizer_dir), mask_seed=seed,
+            batch_size=batch_size, tokenizer=str(tokenizer_dir), mask_seed=seed, captions=1,
         )
+        began = time.perf_counter()
         _trainer(steps, progress).fit(module, datamodule=data)
+        print(f"[quickstart] stage {stage}: {steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
         previous = str(output / "stages" / stage)
         module.export(previous)
     model = module.model
@@ -142,16 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flava-zoo quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="quickstart_out", help="folder for weights and metrics.json")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-steps", type=int, default=150)
-    parser.add_argument("--text-steps", type=int, default=150)
-    parser.add_argument("--multimodal-steps", type=int, default=500)
+    parser.add_argument("--image-steps", type=int, default=100)
+    parser.add_argument("--text-steps", type=int, default=100)
+    parser.add_argument("--multimodal-steps", type=int, default=280)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of stages 1 and 2")
+    parser.add_argument("--multimodal-lr", type=float, default=1e-3, help="peak learning rate of stage 3")
     parser.add_argument("--eval-pairs", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     run(
         args.output, args.seed, args.image_steps, args.text_steps, args.multimodal_steps,
-        args.batch_size, args.lr, args.eval_pairs, progress=not args.no_progress,
+        args.batch_size, args.lr, args.multimodal_lr, args.eval_pairs, progress=not args.no_progress,
     )
     return 0
