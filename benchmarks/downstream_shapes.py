@@ -121,18 +121,25 @@ def run_recipe(
 def run_column(
     column: str, model: str, recipes: list[str], work: Path, args: argparse.Namespace
 ) -> dict[str, float]:
-    """Run every recipe on one model; returns the seconds each took."""
-    results = work / column / "results.jsonl"
-    if results.exists():
-        results.unlink()
+    """Run every recipe on one model; returns the seconds each took. Each recipe writes its
+    own results file (:func:`results_path`): two recipes may record the same task and metric
+    (the linear probe and zero-shot classification both score ``shapes/image_classification``
+    accuracy)."""
     timings = {}
     for recipe in recipes:
         kind = next(r[2] for r in ROWS if r[1] == recipe)
         log(f"{column}: {recipe} ({kind})")
+        results = results_path(work, column, recipe)
+        results.unlink(missing_ok=True)
         t = time.perf_counter()
-        run_recipe(recipe, kind, model, work / column / Path(recipe).with_suffix(""), results, args)
+        run_recipe(recipe, kind, model, results.parent, results, args)
         timings[f"{column}:{recipe}"] = time.perf_counter() - t
     return timings
+
+
+def results_path(work: Path, column: str, recipe: str) -> Path:
+    """The results file of one recipe run on one column's model."""
+    return work / column / Path(recipe).with_suffix("") / "results.jsonl"
 
 
 def chance_levels(args: argparse.Namespace) -> dict[str, float]:
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         for column, model in models.items():
             timings.update(run_column(column, model, recipes, work, args))
     total = time.perf_counter() - start
-    metrics = {c: read_metrics(work / c / "results.jsonl") for c in models}
+    metrics = {c: {r: read_metrics(results_path(work, c, r)) for r in recipes} for c in models}
     chance = chance_levels(args)
 
     table = ["| task (metric, %) | pretrained | random init | chance |", "|---|---:|---:|---:|"]
@@ -251,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         task = TASK_OF[recipe]
         scale = 1.0 if "R@" in metric else 100.0
-        values = [metrics[c].get((task, metric)) for c in models]
+        values = [metrics[c][recipe].get((task, metric)) for c in models]
         cells = [f"{v * scale:.1f}" if v is not None else "n/a" for v in values]
         table.append(f"| {label} | {cells[0]} | {cells[1]} | {chance[chance_key]:.1f} |")
         rows.append({"task": label, "recipe": recipe, "metric": metric,
