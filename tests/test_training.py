@@ -167,6 +167,8 @@ def test_killed_run_resumes_at_the_step_it_reached(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert reached >= 4, "no checkpoint appeared in time"
+    # the process may have saved again between the read above and the kill
+    reached = torch.load(next(log_dir.rglob("last.ckpt")), weights_only=True)["global_step"]
     resume = [a if not a.startswith("--trainer.max_steps") else f"--trainer.max_steps={reached + 2}" for a in base]
     resume[resume.index("--trainer.logger.version=0")] = "--trainer.logger.version=1"
     subprocess.run(resume + ["--ckpt_path", "last"], cwd=tmp_path, env=env, check=True, capture_output=True)
