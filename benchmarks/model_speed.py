@@ -459,6 +459,20 @@ def git_commit() -> str:
         return "uncommitted"
 
 
+def git_dirty() -> bool | None:
+    """Whether tracked files of the checkout differ from the commit (None outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -471,13 +485,24 @@ def load_average() -> list[float] | None:
 TASKS = {"flops": flops_task, "time": time_task, "memory": memory_task}
 
 
-def run_task(task: str, kwargs: dict[str, Any], threads: int, in_process: bool) -> dict[str, Any]:
-    """Run a task in a fresh interpreter (isolated memory, no state carried over), or here."""
+def run_task(
+    task: str,
+    kwargs: dict[str, Any],
+    threads: int,
+    in_process: bool,
+    script: str | Path = __file__,
+    tasks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run a task in a fresh interpreter (isolated memory, no state carried over), or here.
+
+    ``script`` is the benchmark whose ``--worker`` entry runs the task and ``tasks`` its task
+    table (by default this script's own).
+    """
     if in_process:
-        return TASKS[task](**kwargs)
+        return (TASKS if tasks is None else tasks)[task](**kwargs)
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        str(Path(script).resolve()),
         "--worker",
         json.dumps({"task": task, "kwargs": kwargs}),
         "--threads",

@@ -55,7 +55,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -96,20 +95,6 @@ def workers_needed(model_rate: float, data_rate: float) -> int:
     if data_rate <= 0:
         raise ValueError(f"data rate must be positive, got {data_rate}")
     return max(1, math.ceil(model_rate / data_rate * (1 - 1e-9)))
-
-
-def git_dirty() -> bool | None:
-    """Whether tracked files differ from ``HEAD`` (``None`` outside a git checkout)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return bool(out.stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # ----------------------------------------------------------------------------- data
@@ -636,7 +621,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
             ["python", "benchmarks/pretrain_speed.py", *(sys.argv[1:] if argv is None else argv)]
         ),
         "git_commit": model_speed.git_commit(),
-        "git_dirty": git_dirty(),
+        "git_dirty": model_speed.git_dirty(),
         "started": started,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "duration_s": round(time.time() - t_start, 1),

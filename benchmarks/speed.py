@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -393,24 +392,8 @@ TASKS = {"measure": measure_task, "cpu_memory": cpu_memory_task}
 
 
 def run_task(task: str, kwargs: dict[str, Any], threads: int, in_process: bool) -> dict[str, Any]:
-    """Run one of this script's tasks in a fresh interpreter (or here, with ``in_process``).
-
-    The same as ``model_speed.run_task``, whose worker only knows model_speed's tasks.
-    """
-    if in_process:
-        return TASKS[task](**kwargs)
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        json.dumps({"task": task, "kwargs": kwargs}),
-        "--threads",
-        str(threads),
-    ]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {task} {kwargs} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run one of this script's tasks in a fresh interpreter (or here, with ``in_process``)."""
+    return model_speed.run_task(task, kwargs, threads, in_process, script=__file__, tasks=TASKS)
 
 
 # ----------------------------------------------------------------------------- report
@@ -613,20 +596,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def git_dirty() -> bool | None:
-    """Whether tracked files of the checkout differ from the commit (None outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return bool(out.stdout.strip())
-
-
 def machine(device: str) -> dict[str, Any]:
     """CPU, RAM, OS and (on CUDA) GPU of this machine."""
     memory_gib = None
@@ -757,7 +726,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report = {
             "command": command,
             "git_commit": model_speed.git_commit(),
-            "git_dirty": git_dirty(),
+            "git_dirty": model_speed.git_dirty(),
             "started": started,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "duration_s": round(time.time() - t0, 1),
