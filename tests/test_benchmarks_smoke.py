@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_speed.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("model_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_caption_lengths_are_fixed_and_realistic():
-    model_speed = _load_script()
+def test_caption_lengths_are_fixed_and_realistic(load_benchmark):
+    model_speed = load_benchmark("model_speed")
     lengths = model_speed.caption_lengths(8, 77)
     assert lengths == model_speed.caption_lengths(8, 77)
     assert all(8 <= n <= 30 for n in lengths)
@@ -29,10 +21,10 @@ def test_caption_lengths_are_fixed_and_realistic():
     assert 12 <= sum(many) / len(many) <= 16
 
 
-def test_peer_config_matches_our_sizes():
+def test_peer_config_matches_our_sizes(load_benchmark):
     import flava_zoo
 
-    model_speed = _load_script()
+    model_speed = load_benchmark("model_speed")
     cfg = flava_zoo.get_config("flava-tiny")
     hf = model_speed.hf_config(cfg)
     assert hf.image_config.hidden_size == cfg.image.hidden_size
@@ -44,10 +36,10 @@ def test_peer_config_matches_our_sizes():
     assert hf.projection_dim == cfg.projection_dim
 
 
-def test_model_speed_tiny_run_writes_report(tmp_path):
+def test_model_speed_tiny_run_writes_report(tmp_path, load_benchmark):
     import torch
 
-    model_speed = _load_script()
+    model_speed = load_benchmark("model_speed")
     out = tmp_path / "speed"
     threads = torch.get_num_threads()
     try:
@@ -126,17 +118,13 @@ def test_model_speed_tiny_run_writes_report(tmp_path):
     assert again["results"] == data["results"]
 
 
-SPEED_SCRIPT = SCRIPT.with_name("speed.py")
 
-
-def test_speed_tiny_run_writes_table(tmp_path):
+def test_speed_tiny_run_writes_table(tmp_path, load_benchmark):
     import torch
 
     import flava_zoo
 
-    spec = importlib.util.spec_from_file_location("speed", SPEED_SCRIPT)
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = load_benchmark("speed")
     out = tmp_path / "speed"
     threads = torch.get_num_threads()
     try:

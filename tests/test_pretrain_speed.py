@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("webdataset")
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_speed.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_workers_needed_rounds_up():
-    pretrain_speed = _load_script()
+def test_workers_needed_rounds_up(load_benchmark):
+    pretrain_speed = load_benchmark("pretrain_speed")
     assert pretrain_speed.workers_needed(100.0, 100.0) == 1
     assert pretrain_speed.workers_needed(100.0, 1000.0) == 1
     assert pretrain_speed.workers_needed(201.0, 100.0) == 3
@@ -32,10 +24,10 @@ def test_workers_needed_rounds_up():
         pretrain_speed.workers_needed(1.0, 0.0)
 
 
-def test_pretrain_speed_tiny_run_writes_report(tmp_path):
+def test_pretrain_speed_tiny_run_writes_report(tmp_path, load_benchmark):
     import torch
 
-    pretrain_speed = _load_script()
+    pretrain_speed = load_benchmark("pretrain_speed")
     out = tmp_path / "pretrain_speed"
     threads = torch.get_num_threads()
     report = pretrain_speed.main(
