@@ -1,4 +1,5 @@
-"""Exported weights: one folder with ``config.json`` and ``model.safetensors``.
+"""Exported weights: one folder with ``config.json``, ``model.safetensors`` and, for a
+pretrained model, ``heads.safetensors`` (its pretraining heads: ITM, MLM, MIM, MMM).
 
 This is the format the quickstart writes, the zoo publishes and :func:`create_model` reads
 back. Safetensors cannot run code on load, unlike a pickle.
@@ -18,6 +19,7 @@ from .config import FlavaConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+HEADS_NAME = "heads.safetensors"
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -31,10 +33,17 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def save_pretrained(model: Any, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: Any,
+    directory: str | Path,
+    metadata: dict[str, Any] | None = None,
+    heads: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model`` (a :class:`FlavaModel`) to ``directory``; each file is written atomically.
 
     ``metadata`` (JSON-serialisable) is stored beside the config, e.g. the training recipe.
+    ``heads`` maps a head's name (``itm_head``, ``mlm_head``, ...) to its module; they go to
+    ``heads.safetensors`` as ``NAME.PARAMETER`` keys (read back by :func:`load_head_state`).
     Returns the folder.
     """
     from . import __version__
@@ -43,6 +52,16 @@ def save_pretrained(model: Any, directory: str | Path, metadata: dict[str, Any] 
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    head_state = {
+        f"{name}.{key}": value.detach().contiguous().cpu()
+        for name, head in (heads or {}).items()
+        if head is not None
+        for key, value in head.state_dict().items()
+    }
+    if head_state:
+        _atomic_write(directory / HEADS_NAME, lambda p: save_file(head_state, p, metadata={"format": "pt"}))
+    else:  # a previous export's heads would not belong to these weights
+        (directory / HEADS_NAME).unlink(missing_ok=True)
     record = {
         "architecture": "flava",
         "flava_zoo_version": __version__,
@@ -85,3 +104,21 @@ def load_pretrained(directory: str | Path, strict: bool = True, **overrides: Any
     model = FlavaModel(config)
     model.load_state_dict(load_file(str(weights)), strict=strict)
     return model
+
+
+def load_head_state(directory: str | Path, name: str) -> dict[str, Any]:
+    """The state dict of pretraining head ``name`` (e.g. ``itm_head``) from an exported folder's
+    ``heads.safetensors``; a clear error when the folder has no such file or head."""
+    path = Path(directory) / HEADS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the folder holds no pretraining heads (exports written by "
+            "flava-zoo pretraining carry them)"
+        )
+    state = load_file(str(path))
+    prefix = f"{name}."
+    head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not head:
+        names = sorted({k.split(".", 1)[0] for k in state})
+        raise ValueError(f"{path} holds no {name!r}; it has {names}")
+    return head

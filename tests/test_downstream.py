@@ -88,6 +88,33 @@ def test_shapes_finetune_recipe_fits_then_tests(recipe, tmp_path):
     assert "fine-tuned" in record.model_source and record.model == "flava-tiny"
 
 
+def test_memes_head_starts_from_an_exported_itm_head(tmp_path):
+    """itm_head_from copies a pretraining export's ITM head into the memes head, which then
+    gives the ITM head's logits; a task that is not a two-class multimodal one refuses it."""
+    from flava_zoo.downstream import FinetuneModule
+    from flava_zoo.training import FlavaPretrainModule
+
+    torch.manual_seed(0)
+    pretrain = FlavaPretrainModule(model="flava-tiny", stage="multimodal")
+    with torch.no_grad():
+        pretrain.objective.itm_head.classifier.bias.copy_(torch.tensor([0.5, -1.5]))
+    folder = pretrain.export(tmp_path / "export")
+    module = FinetuneModule(model=str(folder), itm_head_from=str(folder), inputs="multimodal", num_classes=2)
+    assert torch.equal(module.head.classifier.bias, torch.tensor([0.5, -1.5]))
+    module.eval()
+    cls = torch.randn(3, module.feature_dim("multimodal"))
+    torch.testing.assert_close(module.head(cls), pretrain.objective.itm_head(cls))
+
+    recipe = ROOT / "recipes" / "finetune" / "shapes_memes.yaml"
+    main(["fit", *fit_args(recipe, tmp_path), f"--model.init_args.model={folder}",
+          f"--model.init_args.itm_head_from={folder}"])  # fmt: skip
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ValueError, match="two-class head on multimodal inputs"):
+        FinetuneModule(model=str(folder), itm_head_from=str(folder), inputs="multimodal", num_classes=3)
+    with pytest.raises(FileNotFoundError, match="holds no pretraining heads"):
+        FinetuneModule(model="flava-tiny", itm_head_from=str(tmp_path), inputs="multimodal", num_classes=2)
+
+
 def test_every_shapes_task_has_a_finetune_recipe():
     assert {p.stem for p in FINETUNE} == set(EXPECTED)
 

@@ -31,7 +31,7 @@ def test_quickstart_writes_weights_and_metrics_that_reload(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Zero-shot retrieval on 40 held-out shapes-world pairs" in printed
     assert "stage multimodal: 3 steps in" in printed
-    for name in ("model.safetensors", "config.json", "vocab.txt", "metrics.json"):
+    for name in ("model.safetensors", "heads.safetensors", "config.json", "vocab.txt", "metrics.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     for key in KEYS:

@@ -69,6 +69,43 @@ def test_three_shapes_stages_chain_through_exports(tmp_path):
     assert not torch.equal(text[key], multimodal[key])
     tkey = "text_encoder.encoder.blocks.0.attn.qkv.weight"
     assert not torch.equal(image[tkey], text[tkey])
+    # each export carries the heads its stage trained, and only those
+    heads = {s: load_file(tmp_path / s / "export" / "heads.safetensors") for s in ("image", "text", "multimodal")}
+    assert {k.split(".")[0] for k in heads["image"]} == {"mim_head"}
+    assert {k.split(".")[0] for k in heads["text"]} == {"mlm_head"}
+    assert {k.split(".")[0] for k in heads["multimodal"]} == {"itm_head", "mmm_text_head", "mmm_image_head"}
+
+
+def test_an_export_with_heads_restarts_a_stage_with_them(tmp_path):
+    """init_from an export folder loads its heads too; a folder without heads loads the backbone."""
+    from flava_zoo.checkpoint import load_head_state, save_pretrained
+    from flava_zoo.training import FlavaPretrainModule
+
+    torch.manual_seed(1)
+    first = FlavaPretrainModule(model="flava-tiny", stage="multimodal")
+    with torch.no_grad():
+        first.objective.itm_head.classifier.bias.copy_(torch.tensor([0.25, -0.5]))
+    folder = first.export(tmp_path / "export")
+    saved = load_head_state(folder, "itm_head")
+    assert torch.equal(saved["classifier.bias"], torch.tensor([0.25, -0.5]))
+    with pytest.raises(ValueError, match="holds no 'mlm_head'"):
+        load_head_state(folder, "mlm_head")  # the multimodal stage does not train MLM
+
+    torch.manual_seed(2)
+    second = FlavaPretrainModule(model="flava-tiny", stage="multimodal", init_from=str(folder))
+    for name, value in first.objective.state_dict().items():
+        if name.startswith(("model.", "itm_head.", "mmm_")):
+            assert torch.equal(second.objective.state_dict()[name], value), name
+
+    save_pretrained(first.model, folder)  # re-exported without heads: the old heads go
+    assert not (folder / "heads.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="holds no pretraining heads"):
+        load_head_state(folder, "itm_head")
+    torch.manual_seed(2)
+    third = FlavaPretrainModule(model="flava-tiny", stage="multimodal", init_from=str(folder))
+    key = "model.fusion_encoder.layers.encoder.blocks.0.attn.qkv.weight"
+    assert torch.equal(third.objective.state_dict()[key], first.objective.state_dict()[key])
+    assert not torch.equal(third.objective.itm_head.classifier.bias, first.objective.itm_head.classifier.bias)
 
 
 def test_freezing_and_learning_rate_groups():

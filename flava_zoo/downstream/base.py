@@ -77,11 +77,16 @@ def layer_decay_multipliers(
 
 
 def load_itm_head(path: str | Path, dim: int) -> ITMHead:
-    """An :class:`ITMHead` from a pretraining checkpoint (``objective.itm_head.*``), a
-    fine-tuning checkpoint (``itm_head.*``) or a safetensors / torch file of those keys."""
+    """An :class:`ITMHead` from an exported folder with ``heads.safetensors``, a pretraining
+    checkpoint (``objective.itm_head.*``), a fine-tuning checkpoint (``itm_head.*``) or a
+    safetensors / torch file of those keys."""
+    from ..checkpoint import load_head_state
     from ..weights import load_state_dict_file
 
-    state = load_state_dict_file(path)
+    if Path(path).is_dir():
+        state = {f"itm_head.{k}": v for k, v in load_head_state(path, "itm_head").items()}
+    else:
+        state = load_state_dict_file(path)
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     for marker in ("objective.itm_head.", "itm_head."):

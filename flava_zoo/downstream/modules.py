@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..evaluation.metrics import VQAAccuracy, glue_metrics, glue_predictions, memes_metrics
 from ..models.heads import ClassificationHead
 from ..training.optim import param_groups, warmup_cosine
-from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers
+from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
 from .data import TaskData
 
 __all__ = ["LOSSES", "FinetuneModule", "task_metrics"]
@@ -64,6 +64,10 @@ class FinetuneModule(DownstreamModule):
             match the task's label set is an error.
         head_hidden: width of the head's hidden layer (an MLP head, as FLAVA's VQA head);
             ``None`` for a linear head.
+        itm_head_from: initialise the head from a pretrained image-text matching head (an
+            exported folder with ``heads.safetensors``, or a checkpoint): for two-class
+            multimodal tasks whose class 1 means "the text fits the image" (the memes-like
+            task), so fine-tuning starts from the pretraining's matching decision.
         dropout: dropout before the classifier.
         freeze_backbone: train the head only.
         lr: peak learning rate of the head (and of the top layer under layer decay).
@@ -84,6 +88,7 @@ class FinetuneModule(DownstreamModule):
         loss: str | None = None,
         num_classes: int | None = None,
         head_hidden: int | None = None,
+        itm_head_from: str | None = None,
         dropout: float = 0.1,
         freeze_backbone: bool = False,
         lr: float = 1e-4,
@@ -115,6 +120,15 @@ class FinetuneModule(DownstreamModule):
     def _build_head(self, inputs: str, num_classes: int) -> None:
         hp = self.hparams
         self.head = ClassificationHead(self.feature_dim(inputs), num_classes, hp.head_hidden, hp.dropout)
+        if hp.itm_head_from:
+            if inputs != "multimodal" or num_classes != 2 or hp.head_hidden:
+                raise ValueError(
+                    "itm_head_from needs a linear two-class head on multimodal inputs; this task has "
+                    f"inputs={inputs!r}, {num_classes} classes, head_hidden={hp.head_hidden}"
+                )
+            itm = load_itm_head(hp.itm_head_from, self.feature_dim(inputs))
+            self.head.pooler.load_state_dict(itm.pooler.state_dict())
+            self.head.classifier.load_state_dict(itm.classifier.state_dict())
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:

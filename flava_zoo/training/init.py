@@ -8,14 +8,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import WEIGHTS_NAME
+from ..checkpoint import HEADS_NAME, WEIGHTS_NAME
 from ..weights import load_state_dict_file
 
 
 def _state_from(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Read weights and say which module they belong to (``objective`` or ``model``)."""
     if path.is_dir():
-        return load_state_dict_file(path / WEIGHTS_NAME), "model"
+        state = load_state_dict_file(path / WEIGHTS_NAME)
+        if not (path / HEADS_NAME).is_file():
+            return state, "model"
+        # An export with its pretraining heads: backbone keys under ``model.``, heads as saved.
+        return {f"model.{k}": v for k, v in state.items()} | load_state_dict_file(path / HEADS_NAME), "objective"
     if not path.is_file():
         raise FileNotFoundError(f"init_from: {path} is neither an exported folder nor a checkpoint file")
     state = load_state_dict_file(path)
@@ -30,7 +34,8 @@ def load_stage_weights(objective: nn.Module, path: str | Path) -> list[str]:
     """Load an earlier stage's weights into ``objective`` (a ``FlavaForPretraining``).
 
     Accepts a Lightning checkpoint of :class:`FlavaPretrainModule` (backbone and heads) or
-    an exported folder (backbone only). Keys present in both with equal shapes load; a key
+    an exported folder (backbone, and the heads its stage trained when it has
+    ``heads.safetensors``). Keys present in both with equal shapes load; a key
     whose shape differs raises ``ValueError``; keys absent from the file keep their
     initialisation and are returned (and warned about).
     """
@@ -50,6 +55,8 @@ def load_stage_weights(objective: nn.Module, path: str | Path) -> list[str]:
         raise ValueError(f"{path}: no tensor matches this model (is it a flava-zoo checkpoint?)")
     target.load_state_dict(loadable, strict=False)
     missing = sorted(set(own) - set(loadable))
+    if path.is_dir():  # an export: heads its stage did not train are expected to be absent
+        missing = [k.removeprefix("model.") for k in missing if owner == "model" or k.startswith("model.")]
     if missing:
         warnings.warn(f"{path}: {len(missing)} tensor(s) keep their initialisation, e.g. {missing[:3]}", stacklevel=2)
     return missing

@@ -9,6 +9,7 @@ stage's checkpoint, from unimodal weights, or from scratch; any tower can be fro
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from .init import load_stage_weights, load_unimodal_weights
 from .optim import param_groups, warmup_cosine
 
 STAGES = ("image", "text", "multimodal")
+HEAD_TERMS = {"itm": "itm_head", "mlm": "mlm_head", "mim": "mim_head", "mmm_text": "mmm_text_head",
+              "mmm_image": "mmm_image_head"}
+"""Loss term -> head: an export writes the heads of the terms its stage trains."""
 STAGE_WEIGHTS = {
     "image": {"mim": 1.0},
     "text": {"mlm": 1.0},
@@ -238,8 +242,12 @@ class FlavaPretrainModule(L.LightningModule):
             self.export(self.hparams.export_dir)
 
     def export(self, directory: str | Path) -> Path:
-        """Write the backbone as safetensors + config.json, with the tokenizer if one is known."""
-        path = save_pretrained(self.model, directory, metadata={"stage": self.hparams.stage})
+        """Write the backbone as safetensors + config.json, the heads this stage trains as
+        ``heads.safetensors``, and the tokenizer if one is known."""
+        obj = self.objective
+        weights = asdict(obj.weights)
+        heads = {name: getattr(obj, name, None) for term, name in HEAD_TERMS.items() if weights[term] > 0}
+        path = save_pretrained(self.model, directory, metadata={"stage": self.hparams.stage}, heads=heads)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
