@@ -9,8 +9,8 @@ columns, the chance level, the command, the commit and the machine.
     python benchmarks/downstream_shapes.py --pretrained quickstart_out \\
         --out benchmarks/results/downstream_shapes.md
 
-Fine-tuning is short (``--steps`` of batch ``--batch-size``) so that the whole run takes about
-ten minutes on two CPU cores; the recipes' own schedules are longer.
+Fine-tuning follows each recipe's own schedule (its ``max_steps`` and ``warmup_steps``) unless
+``--steps`` / ``--warmup`` set one for all; about 25 minutes on two CPU cores (one column per core).
 """
 
 from __future__ import annotations
@@ -106,16 +106,45 @@ def run_recipe(
             )
         main(["test", *common])
         return
+    steps, warmup = schedule(recipe, args)
     fit = common + [
-        f"--trainer.max_steps={args.steps}", f"--data.init_args.batch_size={args.batch_size}",
-        f"--data.init_args.train_size={args.steps * args.batch_size}", "--data.init_args.val_size=64",
-        f"--trainer.val_check_interval={args.steps}", "--trainer.limit_val_batches=2",
-        f"--model.init_args.warmup_steps={args.warmup}", "--trainer.logger=false",
+        f"--trainer.max_steps={steps}", f"--data.init_args.batch_size={args.batch_size}",
+        f"--data.init_args.train_size={steps * args.batch_size}", "--data.init_args.val_size=64",
+        f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=2",
+        f"--model.init_args.warmup_steps={warmup}", "--trainer.logger=false",
         f"--trainer.callbacks.init_args.dirpath={out / 'checkpoints'}",
-        f"--trainer.callbacks.init_args.every_n_train_steps={args.steps}",
+        f"--trainer.callbacks.init_args.every_n_train_steps={steps}",
     ]  # fmt: skip
     main(["fit", *fit])
     main(["test", *fit, "--ckpt_path", "last"])
+
+
+def schedule(recipe: str, args: argparse.Namespace) -> tuple[int, int]:
+    """Fine-tuning steps and warm-up steps of ``recipe``: ``--steps`` / ``--warmup`` when
+    given, else the recipe's own ``trainer.max_steps`` and ``warmup_steps``."""
+    import yaml
+
+    config = yaml.safe_load((RECIPES / recipe).read_text())
+    steps = args.steps if args.steps is not None else int(config["trainer"]["max_steps"])
+    warmup = args.warmup if args.warmup is not None else int(config["model"]["init_args"]["warmup_steps"])
+    return steps, warmup
+
+
+def columns(pretrained: list[str], baseline: str) -> dict[str, str]:
+    """Column name -> model: each ``[LABEL=]DIR`` of ``pretrained`` (label: the folder's name),
+    then ``random`` (the randomly initialised ``baseline``)."""
+    out: dict[str, str] = {}
+    for item in pretrained:
+        label, sep, folder = item.partition("=")
+        if not sep:
+            label, folder = Path(item).name, item
+        if not Path(folder).is_dir():
+            raise SystemExit(f"--pretrained {item}: {folder} is not an exported folder")
+        if label in out or label == "random":
+            raise SystemExit(f"--pretrained: column label {label!r} is used twice (or is 'random')")
+        out[label] = str(Path(folder).resolve())
+    out["random"] = baseline
+    return out
 
 
 def run_column(
@@ -198,7 +227,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--pretrained", required=True, help="exported folder of the pretrained model"
+        "--pretrained", required=True, nargs="+", metavar="[LABEL=]DIR",
+        help="exported folder(s) of pretrained models, each a column (label: the folder's name)",
     )
     parser.add_argument(
         "--baseline", default="flava-tiny", help="the randomly initialised architecture"
@@ -207,9 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--work", default="runs/downstream_shapes", help="run folders and results files"
     )
-    parser.add_argument("--steps", type=int, default=100, help="fine-tuning steps per task")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="fine-tuning steps per task (default: each recipe's max_steps)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps (default: each recipe's warmup_steps)"
+    )
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--probe-train", type=int, default=2000)
     parser.add_argument("--probe-val", type=int, default=500)
@@ -220,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--only", nargs="*", help="run only these recipes (e.g. finetune/shapes_vqa.yaml)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="columns run in parallel processes")
-    parser.add_argument("--column", choices=("pretrained", "random"), help=argparse.SUPPRESS)
+    parser.add_argument("--column", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
 
@@ -228,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    models = {"pretrained": str(Path(args.pretrained).resolve()), "random": args.baseline}
+    models = columns(args.pretrained, args.baseline)
     recipes = list(dict.fromkeys(r[1] for r in ROWS if not args.only or r[1] in args.only))
     start = time.perf_counter()
     if args.column:
@@ -236,8 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
         (work / args.column / "timings.json").write_text(json.dumps(timings, indent=2))
         return {"timings": timings}
     if args.jobs > 1:
-        procs = [subprocess.Popen([sys.executable, __file__, *argv, "--column", c]) for c in models]
-        codes = [proc.wait() for proc in procs]
+        codes, running = [], []
+        for c in models:  # at most --jobs columns at a time
+            if len(running) == args.jobs:
+                codes.append(running.pop(0).wait())
+            running.append(subprocess.Popen([sys.executable, __file__, *argv, "--column", c]))
+        codes += [proc.wait() for proc in running]
         if any(codes):
             raise SystemExit(f"a benchmark column failed (exit codes {codes})")
         timings = {}
@@ -251,7 +289,11 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {c: {r: read_metrics(results_path(work, c, r)) for r in recipes} for c in models}
     chance = chance_levels(args)
 
-    table = ["| task (metric, %) | pretrained | random init | chance |", "|---|---:|---:|---:|"]
+    names = list(models)
+    table = [
+        "| task (metric, %) | " + " | ".join(f"{n}" if n != "random" else "random init" for n in names) + " | chance |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
     rows = []
     for label, recipe, _, metric, chance_key in ROWS:
         if recipe not in recipes:
@@ -260,9 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
         scale = 1.0 if "R@" in metric else 100.0
         values = [metrics[c][recipe].get((task, metric)) for c in models]
         cells = [f"{v * scale:.1f}" if v is not None else "n/a" for v in values]
-        table.append(f"| {label} | {cells[0]} | {cells[1]} | {chance[chance_key]:.1f} |")
+        table.append(f"| {label} | " + " | ".join(cells) + f" | {chance[chance_key]:.1f} |")
         rows.append({"task": label, "recipe": recipe, "metric": metric,
-                     "pretrained": values[0], "random": values[1], "chance_percent": chance[chance_key]})  # fmt: skip
+                     **dict(zip(names, values)), "chance_percent": chance[chance_key]})  # fmt: skip
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
@@ -273,13 +315,15 @@ def main(argv: list[str] | None = None) -> dict:
     report = [
         "# Shapes-world downstream tasks: pretrained vs random init",
         "",
-        f"Pretrained: `{args.pretrained}` (a `flava-zoo quickstart` export); random init: `{args.baseline}`. "
-        "Same recipes, steps, data and seeds for both columns.",
+        "Columns: " + "; ".join(f"{n}: `{m}`" for n, m in models.items() if n != "random")
+        + f"; random init: `{args.baseline}`. Same recipes, steps, data and seeds for every column.",
         "",
         *table,
         "",
-        f"- Fine-tuning: {args.steps} steps of batch {args.batch_size} ({args.warmup} warm-up steps), "
-        f"the recipes' learning rates and layer decay; tests on {args.test_size} held-out test scenes.",
+        "- Fine-tuning (steps of batch "
+        f"{args.batch_size}, warm-up steps): "
+        + "; ".join(f"{Path(r).stem} {schedule(r, args)[0]} ({schedule(r, args)[1]})" for r in recipes if r.startswith("finetune"))
+        + f"; the recipes' learning rates and layer decay; tests on {args.test_size} held-out test scenes.",
         f"- Linear probe: {args.probe_train} train / {args.probe_val} val / {args.test_size} test images, "
         "L2 chosen on val, refitted on train + val.",
         f"- Zero-shot retrieval: {args.retrieval_images} test images x 5 captions.",
