@@ -154,15 +154,24 @@ def run_column(
     own results file (:func:`results_path`): two recipes may record the same task and metric
     (the linear probe and zero-shot classification both score ``shapes/image_classification``
     accuracy)."""
+    timings_file = work / column / "timings.json"
+    previous = json.loads(timings_file.read_text()) if args.resume and timings_file.is_file() else {}
     timings = {}
     for recipe in recipes:
         kind = next(r[2] for r in ROWS if r[1] == recipe)
-        log(f"{column}: {recipe} ({kind})")
         results = results_path(work, column, recipe)
+        key = f"{column}:{recipe}"
+        if args.resume and results.is_file() and key in previous:
+            log(f"{column}: {recipe} kept from the earlier run (--resume)")
+            timings[key] = previous[key]
+            continue
+        log(f"{column}: {recipe} ({kind})")
         results.unlink(missing_ok=True)
         t = time.perf_counter()
         run_recipe(recipe, kind, model, results.parent, results, args)
-        timings[f"{column}:{recipe}"] = time.perf_counter() - t
+        timings[key] = time.perf_counter() - t
+        timings_file.parent.mkdir(parents=True, exist_ok=True)
+        timings_file.write_text(json.dumps({**previous, **timings}, indent=2))
     return timings
 
 
@@ -254,6 +263,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--only", nargs="*", help="run only these recipes (e.g. finetune/shapes_vqa.yaml)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="columns run in parallel processes")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep each (column, recipe) whose results file an earlier run in --work finished",
+    )
     parser.add_argument("--column", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -267,7 +280,6 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     if args.column:
         timings = run_column(args.column, models[args.column], recipes, work, args)
-        (work / args.column / "timings.json").write_text(json.dumps(timings, indent=2))
         return {"timings": timings}
     if args.jobs > 1:
         codes, running = [], []

@@ -41,12 +41,21 @@ def test_two_step_run_writes_both_columns(tmp_path, load_benchmark):
     folder = flava_zoo.save_pretrained(flava_zoo.create_model("flava-tiny"), tmp_path / "pretrained")
     out = tmp_path / "table.md"
     threads = torch.get_num_threads()
+    argv = [
+        "--pretrained", f"qs={folder}", "--only", "finetune/shapes_memes.yaml", "--steps", "2",
+        "--warmup", "1", "--test-size", "8", "--jobs", "1", "--work", str(tmp_path / "work"),
+        "--out", str(out),
+    ]  # fmt: skip
     try:
-        result = bench.main([
-            "--pretrained", f"qs={folder}", "--only", "finetune/shapes_memes.yaml", "--steps", "2",
-            "--warmup", "1", "--test-size", "8", "--jobs", "1", "--work", str(tmp_path / "work"),
-            "--out", str(out),
-        ])  # fmt: skip
+        result = bench.main(argv)
+        # --resume keeps what finished: only the deleted random-init run is done again
+        kept = bench.results_path(tmp_path / "work", "qs", "finetune/shapes_memes.yaml")
+        redone = bench.results_path(tmp_path / "work", "random", "finetune/shapes_memes.yaml")
+        stamp = kept.stat().st_mtime_ns
+        redone.unlink()
+        again = bench.main([*argv, "--resume"])
+        assert kept.stat().st_mtime_ns == stamp and redone.is_file()
+        assert [r["qs"] for r in again["rows"]] == [r["qs"] for r in result["rows"]]
     finally:
         torch.set_num_threads(threads)
     labels = [row["task"] for row in result["rows"]]

