@@ -344,7 +344,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"- Command: `{command}`",
         f"- Commit: `{commit}`{' (with uncommitted changes)' if dirty else ''}",
         f"- Machine: {machine()}",
-        f"- Wall time: {total / 60:.1f} min ({args.jobs} column(s) in parallel, {args.threads} thread(s) each)",
+        f"- Wall time: {total / 60:.1f} min ({args.jobs} column(s) in parallel, {args.threads} thread(s) each)"
+        + (f"; this invocation only: --resume kept earlier runs (all runs: {sum(timings.values()) / 60:.1f} "
+           "process-minutes, per recipe in the JSON)" if args.resume else ""),
     ]
     text = "\n".join(report) + "\n"
     out = Path(args.out)
