@@ -955,10 +955,6 @@ class ShapesClassification(_ShapesDataset):
         return {"image": self._image(scene), "label": label, "index": int(index)}
 
 
-def _fix_article(text: str) -> str:
-    return re.sub(r"\ba ([aeiou])", r"an \1", text)
-
-
 class ShapesVQA(_TaskDataset):
     """Visual question answering: ``{"image", "question", "answer", "label", "question_type"}``.
 
