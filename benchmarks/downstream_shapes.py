@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "- Fine-tuning (steps of batch "
         f"{args.batch_size}, warm-up steps): "
-        + "; ".join(f"{Path(r).stem} {schedule(r, args)[0]} ({schedule(r, args)[1]})" for r in recipes if r.startswith("finetune"))
+        + "; ".join(f"{Path(r).stem} {steps} ({warmup})" for r in recipes if r.startswith("finetune")
+                    for steps, warmup in [schedule(r, args)])
         + f"; the recipes' learning rates and layer decay; tests on {args.test_size} held-out test scenes.",
         f"- Linear probe: {args.probe_train} train / {args.probe_val} val / {args.test_size} test images, "
         "L2 chosen on val, refitted on train + val.",

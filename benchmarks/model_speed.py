@@ -485,6 +485,14 @@ def load_average() -> list[float] | None:
 TASKS = {"flops": flops_task, "time": time_task, "memory": memory_task}
 
 
+def serve_worker(spec: str, tasks: dict[str, Any] | None = None) -> None:
+    """The ``--worker`` side of :func:`run_task`: run the JSON ``spec``'s task from ``tasks``
+    (by default this script's) and print its result as one JSON line."""
+    spec_ = json.loads(spec)
+    result = (TASKS if tasks is None else tasks)[spec_["task"]](**spec_["kwargs"])
+    print(json.dumps(result), flush=True)
+
+
 def run_task(
     task: str,
     kwargs: dict[str, Any],
@@ -766,8 +774,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker is not None:
-        spec = json.loads(args.worker)
-        print(json.dumps(TASKS[spec["task"]](**spec["kwargs"])), flush=True)
+        serve_worker(args.worker)
         return {}
 
     started = time.time()

@@ -679,8 +679,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker is not None:
-        spec = json.loads(args.worker)
-        print(json.dumps(TASKS[spec["task"]](**spec["kwargs"])), flush=True)
+        model_speed.serve_worker(args.worker, TASKS)
         return {}
 
     import flava_zoo
