@@ -150,6 +150,55 @@ def test_warmup_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
 
 
+def test_warmup_stable_decay_schedule_holds_the_peak_until_the_last_decay_steps():
+    from flava_zoo.training.optim import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=2, total_steps=12, min_ratio=0.1, decay_steps=4)
+    lrs = []
+    for _ in range(13):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == pytest.approx([0.5, 1.0])
+    assert lrs[2:8] == pytest.approx([1.0] * 6)  # stable until step 8 = 12 - 4
+    assert lrs[10] == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the decay
+    assert lrs[12] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(lrs[8:12], lrs[9:13]))
+    # decay_steps longer than the run after warm-up: the plain warm-up + cosine
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plain = warmup_cosine(opt, 4, 12).lr_lambdas[0]
+    assert [warmup_cosine(opt, 4, 12, decay_steps=100).lr_lambdas[0](s) for s in range(12)] == [
+        plain(s) for s in range(12)
+    ]
+    with pytest.raises(ValueError, match="decay_steps must be non-negative"):
+        warmup_cosine(opt, 4, 12, decay_steps=-1)
+
+
+def test_pretraining_module_holds_the_peak_rate_until_its_decay_steps(tmp_path):
+    import lightning as L
+
+    from flava_zoo.data.datamodules import ShapesPretrainData
+    from flava_zoo.training import FlavaPretrainModule
+
+    rates = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = FlavaPretrainModule(stage="multimodal", lr=1e-3, warmup_steps=1, decay_steps=2)
+    data = ShapesPretrainData(stage="multimodal", train_size=64, val_size=8, batch_size=8)
+    trainer = L.Trainer(
+        max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        default_root_dir=tmp_path, callbacks=[Record()],
+    )
+    trainer.fit(module, datamodule=data)
+    # warm-up of one step, the held peak, then a cosine over the last 2 steps (4 and 5)
+    assert rates == pytest.approx([1e-3] * 5 + [0.5e-3])
+
+
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from flava_zoo.models import pretraining
 

@@ -57,6 +57,8 @@ class FlavaPretrainModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up length; a cosine decay follows to the last step.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        decay_steps: decay over only the last ``decay_steps`` steps, holding the peak rate
+            from the end of warm-up until then (``None``: the cosine starts after warm-up).
         codebook_path: dVAE encoder weights for ``mim_target="codebook"``.
         export_dir: where to write the final weights (safetensors + config) after fit.
         seed: seed of the ITM negative sampler.
@@ -80,6 +82,7 @@ class FlavaPretrainModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.0,
+        decay_steps: int | None = None,
         codebook_path: str | None = None,
         export_dir: str | None = None,
         seed: int = 0,
@@ -233,7 +236,7 @@ class FlavaPretrainModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1000
         total = int(total) if total != float("inf") else 100_000
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio, hp.get("decay_steps"))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_end(self) -> None:

@@ -59,16 +59,31 @@ def param_groups(
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_ratio: float = 0.0,
+    decay_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    With ``decay_steps`` the cosine covers only the last ``decay_steps`` steps and the rate
+    holds its peak until then (warm-up, stable, decay: Hägele et al. 2024). On a short
+    budget this keeps the rate high for longer: the shapes quickstart's zero-shot retrieval
+    rises sharply only after about 250 steps' worth of peak rate.
+    """
     warmup_steps = max(0, int(warmup_steps))
     total_steps = max(int(total_steps), warmup_steps + 1)
+    if decay_steps is not None and decay_steps < 0:
+        raise ValueError(f"decay_steps must be non-negative, got {decay_steps}")
+    decay_start = warmup_steps if decay_steps is None else max(warmup_steps, total_steps - int(decay_steps))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
