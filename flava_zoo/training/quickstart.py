@@ -12,7 +12,11 @@ random one of its five captions is drawn: a negation or a count fits many images
 batch, so the contrastive task is mostly ambiguous); and a learning rate of 1e-3 (at 2e-3
 the embeddings collapse to one point and the loss stays at ln 64). The unimodal stages
 matter too: from scratch the text tower's class token starts out nearly the same for every
-caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. The output
+caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. And stage 3's learning rate holds its peak after warm-up
+and decays only over the last 60 steps: in stage-3 runs at a held rate, zero-shot R@1 rose
+sharply between steps 280 and 350, and a cosine over the whole stage spends half of it below
+half the peak (default run, 1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the
+cosine, at the same 280 steps and time). The output
 folder holds the final weights (``model.safetensors`` + ``config.json`` + ``vocab.txt``,
 loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``.
 """
@@ -58,6 +62,10 @@ def evaluate_retrieval(model, tokenizer, world: ShapesWorld, split: str, num_pai
     return metrics
 
 
+MULTIMODAL_STEPS = 280
+MULTIMODAL_DECAY_STEPS: int | None = 60
+
+
 def _trainer(max_steps: int, progress: bool) -> L.Trainer:
     # a tqdm bar redrawn every 10 steps: rich's bar redraws from a thread of its own, which
     # costs a two-core machine about 8% of its step time
@@ -81,16 +89,19 @@ def run(
     seed: int = 0,
     image_steps: int = 100,
     text_steps: int = 100,
-    multimodal_steps: int = 280,
+    multimodal_steps: int = MULTIMODAL_STEPS,
     batch_size: int = 64,
     lr: float = 2e-3,
     multimodal_lr: float = 1e-3,
     eval_pairs: int = 1000,
     progress: bool = True,
+    multimodal_decay_steps: int | None = MULTIMODAL_DECAY_STEPS,
 ) -> dict[str, float]:
     """Run the three stages and the evaluation; write weights and ``metrics.json`` to ``output``.
 
     ``lr`` is the unimodal stages' peak learning rate, ``multimodal_lr`` stage 3's.
+    Stage 3 holds its peak rate after warm-up and decays over its last
+    ``multimodal_decay_steps`` steps (``None``: a cosine over the whole stage).
     """
     start = time.perf_counter()
     output = Path(output)
@@ -113,6 +124,7 @@ def run(
             freeze=["image"] if stage == "text" else None,
             lr=multimodal_lr if stage == "multimodal" else lr,
             warmup_steps=max(1, steps // 10),
+            decay_steps=multimodal_decay_steps if stage == "multimodal" else None,
             weight_decay=0.05,
             seed=seed,
         )
@@ -163,15 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-steps", type=int, default=100)
     parser.add_argument("--text-steps", type=int, default=100)
-    parser.add_argument("--multimodal-steps", type=int, default=280)
+    parser.add_argument("--multimodal-steps", type=int, default=MULTIMODAL_STEPS)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of stages 1 and 2")
     parser.add_argument("--multimodal-lr", type=float, default=1e-3, help="peak learning rate of stage 3")
+    parser.add_argument(
+        "--multimodal-decay-steps", type=int, default=MULTIMODAL_DECAY_STEPS,
+        help="stage 3 holds its peak rate after warm-up, then decays over this many last steps "
+        f"(default {MULTIMODAL_DECAY_STEPS}; 0 ends on the peak rate; a value >= the stage's steps "
+        "gives a cosine over the whole stage)",
+    )
     parser.add_argument("--eval-pairs", type=int, default=1000)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     run(
         args.output, args.seed, args.image_steps, args.text_steps, args.multimodal_steps,
         args.batch_size, args.lr, args.multimodal_lr, args.eval_pairs, progress=not args.no_progress,
+        multimodal_decay_steps=args.multimodal_decay_steps,
     )
     return 0
