@@ -219,7 +219,7 @@ def test_publish_then_create_model_over_http(served, tiny_export, capsys):
     tokenizer = zoo.load_tokenizer("flava-tiny.mytag")
     assert tokenizer("a red circle")["input_ids"].tolist() == [[2, 5, 6, 7, 3]]
     assert zoo.image_transform("flava-tiny.mytag")(torch.rand(3, 80, 100)).shape == (3, 64, 64)
-    assert zoo.load_pretraining_heads("flava-tiny.mytag") == {}
+    assert zoo.load_pretraining_heads("flava-tiny.mytag") == {}  # the export has no heads
     # overrides that leave shapes alone, applied before the weights load
     assert create_model(
         "flava-tiny.mytag", gradient_checkpointing=True
@@ -229,6 +229,26 @@ def test_publish_then_create_model_over_http(served, tiny_export, capsys):
     out = capsys.readouterr().out
     assert "flava-zoo format, MIT" in out and "cached" in out
     assert zoo_main(["--registry", registry_url, "verify", "flava-tiny.mytag"]) == 0
+
+
+def test_published_export_ships_its_pretraining_heads(served, tiny_export):
+    from safetensors.torch import save_file
+
+    from flava_zoo.checkpoint import HEADS_NAME
+
+    _, export = tiny_export
+    heads = {"itm_head.classifier.weight": torch.randn(2, 128), "itm_head.classifier.bias": torch.randn(2)}
+    save_file(heads, export / HEADS_NAME)
+    registry, registry_url = publish_to(served, export, "flava-tiny.withheads")
+    entry = json.loads(registry.read_text())["models"]["flava-tiny.withheads"]
+    digest = hashlib.sha256((export / HEADS_NAME).read_bytes()).hexdigest()
+    assert entry["files"]["heads"]["sha256"] == digest
+    zoo.add_registry(registry_url)
+    loaded = zoo.load_pretraining_heads("flava-tiny.withheads")
+    assert loaded.keys() == heads.keys()
+    assert all(torch.equal(loaded[k], heads[k]) for k in heads)
+    # the backbone alone does not fetch the heads file
+    assert zoo.load_weights("flava-tiny.withheads", with_heads=False).heads == {}
 
 
 def test_a_shared_disk_zoo_through_the_environment(tmp_path, tiny_export, monkeypatch):

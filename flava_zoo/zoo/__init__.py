@@ -97,10 +97,15 @@ def verify(name: str, *, root: str | os.PathLike | None = None) -> dict[str, Ver
     return {role: verify_file(spec, root=root) for role, spec in entry.files.items()}
 
 
-def load_weights(name: str, *, progress: bool = True, **overrides: Any) -> PretrainedWeights:
-    """Download, verify and convert the weights of ``name`` into our layout (heads apart)."""
+def load_weights(
+    name: str, *, progress: bool = True, with_heads: bool = True, **overrides: Any
+) -> PretrainedWeights:
+    """Download, verify and convert the weights of ``name`` into our layout (heads apart).
+
+    ``with_heads=False`` skips a separately published heads file (the backbone alone).
+    """
     entry = get_entry(name)
-    roles = [r for r in ("weights", "config") if r in entry.files]
+    roles = [r for r in ("weights", "config") + (("heads",) if with_heads else ()) if r in entry.files]
     paths = download(entry.name, roles, progress=progress)
     return convert(entry, paths, **overrides)
 
@@ -126,7 +131,7 @@ def load_model(name: str, pretrained: bool = True, *, progress: bool = True, **o
         )
         config = entry_config(entry, paths)
         return FlavaModel(config.replace(**overrides) if overrides else config)
-    weights = load_weights(name, progress=progress, **overrides)
+    weights = load_weights(name, progress=progress, with_heads=False, **overrides)
     with torch.device("meta"):
         model = FlavaModel(weights.config)
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
@@ -143,7 +148,8 @@ def load_model(name: str, pretrained: bool = True, *, progress: bool = True, **o
 
 def load_pretraining_heads(name: str, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """The pretraining-head tensors that come with ``name`` (MLM, MIM, ITM, MMM, codebook),
-    under the source's names; empty for exports that carry none."""
+    under the source's names (``itm_head.classifier.weight`` for a flava-zoo export's
+    ``heads.safetensors``); empty for entries that carry none."""
     return load_weights(name, progress=progress).heads
 
 

@@ -176,6 +176,8 @@ def convert(entry: ZooEntry, paths: Mapping[str, Path], **overrides: Any) -> Pre
     heads: dict[str, Tensor] = {}
     if entry.format == "flava-zoo":
         state = dict(raw)
+        if "heads" in paths:  # an export's heads.safetensors, published beside its weights
+            heads = dict(load_state_dict_file(paths["heads"]))
     else:
         from ..interop import convert_transformers_flava_state_dict
 

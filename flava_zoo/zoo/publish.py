@@ -2,7 +2,7 @@
 
 ``flava-zoo zoo publish EXPORT_DIR --name flava-tiny.shapes --url-base URL -o registry.json``
 hashes the folder's files (``config.json``, ``model.safetensors`` and, when present,
-``vocab.txt``), and writes an entry with their URLs under ``URL``, sha256, sizes, the full
+``vocab.txt`` and the pretraining heads ``heads.safetensors``), and writes an entry with their URLs under ``URL``, sha256, sizes, the full
 config and the training metadata. Copy the folder's files to ``URL`` (any HTTP server, or a
 shared disk for a path or ``file://`` base) and the registry file anywhere users can reach;
 they then ``add_registry`` it (or list it in ``FLAVA_ZOO_REGISTRY``) and call
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
+from ..checkpoint import CONFIG_NAME, HEADS_NAME, WEIGHTS_NAME, read_config
 from .download import _scheme, _write_json, sha256_file
 from .registry import FORMAT_VERSION, parse_entry
 
@@ -51,6 +51,8 @@ def make_entry(
     names = {"config": CONFIG_NAME, "weights": WEIGHTS_NAME}
     if (directory / VOCAB_NAME).is_file():
         names["vocab"] = VOCAB_NAME
+    if (directory / HEADS_NAME).is_file():
+        names["heads"] = HEADS_NAME
     files = {}
     for role, filename in names.items():
         path = directory / filename
