@@ -69,8 +69,8 @@ def warmup_cosine(
 
     With ``decay_steps`` the cosine covers only the last ``decay_steps`` steps and the rate
     holds its peak until then (warm-up, stable, decay: Hägele et al. 2024). On a short
-    budget this keeps the rate high for longer: the shapes quickstart's zero-shot retrieval
-    rises sharply only after about 250 steps' worth of peak rate.
+    budget this keeps the rate high for longer: the shapes quickstart's zero-shot R@1 rose
+    sharply between steps 280 and 350 of stage 3 at a held rate.
     """
     warmup_steps = max(0, int(warmup_steps))
     total_steps = max(int(total_steps), warmup_steps + 1)

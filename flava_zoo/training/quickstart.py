@@ -12,11 +12,12 @@ random one of its five captions is drawn: a negation or a count fits many images
 batch, so the contrastive task is mostly ambiguous); and a learning rate of 1e-3 (at 2e-3
 the embeddings collapse to one point and the loss stays at ln 64). The unimodal stages
 matter too: from scratch the text tower's class token starts out nearly the same for every
-caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. And stage 3's learning rate holds its peak after warm-up
-and decays only over the last 60 steps: in stage-3 runs at a held rate, zero-shot R@1 rose
-sharply between steps 280 and 350, and a cosine over the whole stage spends half of it below
-half the peak (default run, 1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the
-cosine, at the same 280 steps and time). The output
+caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. And
+stage 3's learning rate holds its peak after warm-up and decays only over the last 60
+steps: in stage-3 runs at a held rate, zero-shot R@1 rose sharply between steps 280 and
+350, and a cosine over the whole stage spends half of it below half the peak (default run,
+1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the cosine, at the same 280
+steps and time). The output
 folder holds the final weights (``model.safetensors`` + ``config.json`` + ``vocab.txt``,
 loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``.
 """
