@@ -23,7 +23,7 @@ from flava_zoo.evaluation.results import (
 
 FIELDS = [
     "model", "model_source", "task", "split", "metric", "value", "num_samples",
-    "config_hash", "package_version", "git_commit", "timestamp",
+    "config_hash", "package_version", "git_commit", "timestamp", "unit", "hyperparameters", "lineage",
 ]  # fmt: skip
 
 
@@ -34,7 +34,7 @@ def _record(**overrides: object) -> ResultRecord:
         "task": "glue/mrpc",
         "split": "dev",
         "metric": "f1",
-        "value": 0.875,
+        "value": 87.5,
         "num_samples": 408,
         "config_hash": "0123456789ab",
         "package_version": "0.1.0",
@@ -97,7 +97,7 @@ def test_git_commit(tmp_path: Path) -> None:
 
 def test_make_records_fill_provenance(tmp_path: Path) -> None:
     records = make_records(
-        {"accuracy": 0.8, "f1": 0.9}, model="flava-tiny", model_source="ckpt/last.ckpt",
+        {"accuracy": 80.0, "f1": 90.0}, model="flava-tiny", model_source="ckpt/last.ckpt",
         task="glue/mrpc", split="dev", num_samples=408, config={"lr": 1e-3}, repo=tmp_path,
     )  # fmt: skip
     assert [r.metric for r in records] == ["accuracy", "f1"]
@@ -108,13 +108,14 @@ def test_make_records_fill_provenance(tmp_path: Path) -> None:
     assert moment.utcoffset() == timezone.utc.utcoffset(None)
     assert abs((datetime.now(timezone.utc) - moment).total_seconds()) < 60
     assert records[1].timestamp == first.timestamp
+    assert all(r.unit == "%" and r.hyperparameters == {} and r.lineage == {} for r in records)
 
 
 def test_append_and_read_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "results" / "nested" / "evals.jsonl"
-    append_results(path, [_record(), _record(metric="accuracy", value=0.8)])
+    append_results(path, [_record(), _record(metric="accuracy", value=80.0)])
     append_results(
-        path, [_record(task="vqav2", metric="vqa_accuracy", value=0.5, git_commit="a" * 40)]
+        path, [_record(task="vqav2", metric="vqa_accuracy", value=50.0, git_commit="a" * 40)]
     )
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and list(json.loads(lines[0])) == FIELDS
@@ -171,3 +172,56 @@ def test_read_errors_name_file_line_and_field(tmp_path: Path) -> None:
         read_results(path)
     with pytest.raises(FileNotFoundError, match="none.jsonl"):
         read_results(tmp_path / "none.jsonl")
+
+
+def test_unit_hyperparameters_and_lineage_are_written_and_read(tmp_path: Path) -> None:
+    lineage = {"checkpoint": "runs/a/last.ckpt", "step": 280, "pretrained": None}
+    records = make_records(
+        {"accuracy": 81.25}, model="flava-tiny", model_source="ckpt", task="shapes/color",
+        split="test", num_samples=16, repo=tmp_path, hyperparameters={"l2": 0.01}, lineage=lineage,
+    )  # fmt: skip
+    path = tmp_path / "r.jsonl"
+    append_results(path, records)
+    line = json.loads(path.read_text())
+    assert line["unit"] == "%" and line["hyperparameters"] == {"l2": 0.01}
+    assert line["lineage"] == lineage
+    (back,) = read_results(path)
+    assert back == records[0] and back.value == 81.25 and back.hyperparameters["l2"] == 0.01
+    hash(back)  # frozen records stay hashable: the dict fields are left out of the hash
+
+
+def test_unit_and_dict_fields_are_validated() -> None:
+    with pytest.raises(ValueError, match="unit must be a non-empty string"):
+        _record(unit="")
+    with pytest.raises(ValueError, match="hyperparameters must be a dict"):
+        _record(hyperparameters=[0.1])
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        _record(lineage={"checkpoint": Path("x.ckpt")})
+    with pytest.raises(ValueError, match="not a finite number"):
+        _record(hyperparameters={"l2": float("inf")})
+    with pytest.raises(ValueError, match="not a string"):
+        _record(lineage={1: "a"})
+    given = {"l2": 0.1}
+    record = _record(hyperparameters=given)
+    given["l2"] = 5.0  # the record holds its own copy
+    assert record.hyperparameters == {"l2": 0.1}
+
+
+def test_old_records_without_a_unit_are_read_by_the_rule(tmp_path: Path) -> None:
+    new = json.loads(_record().to_json())
+    old = {k: v for k, v in new.items() if k not in ("unit", "hyperparameters", "lineage")}
+    lines = [
+        {**old, "metric": "accuracy", "value": 0.8125},
+        {**old, "metric": "mcc", "value": -0.25},
+        {**old, "metric": "image_to_text_R@1", "value": 42.5},
+        {**old, "metric": "text_to_image_R@10", "value": 90.0},
+        {**new, "metric": "accuracy", "value": 81.25},  # already percent: unchanged
+    ]
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = read_results(path)
+    assert [r.value for r in records] == pytest.approx([81.25, -25.0, 42.5, 90.0, 81.25])
+    assert all(r.unit == "%" and r.hyperparameters == {} and r.lineage == {} for r in records)
+    path.write_text(json.dumps({**old, "extra": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: unexpected field 'extra'"):
+        read_results(path)

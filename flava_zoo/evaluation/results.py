@@ -4,6 +4,20 @@ Every evaluation appends its records to a results file (``append_results``); the
 is built from those files (``read_results``). A record carries what is needed to trust and
 reproduce the number: the model and where it came from, the number of samples, a hash of the
 configuration, the package version, the git commit and the time.
+
+Units: every metric is written in percent (``unit="%"``), as the FLAVA paper's tables are:
+accuracy, F1, AUROC, VQA accuracy and R@K in [0, 100]; Matthews correlation and
+Pearson / Spearman correlations times 100 (in [-100, 100]), as the GLUE leaderboard shows them.
+Each record states its ``unit``. Selected hyperparameters (the linear probe's chosen ``l2``)
+are a record's ``hyperparameters``, never a metric; ``lineage`` says where the evaluated
+weights came from (checkpoint path, step, pretrained name, ...).
+
+Old records (written before records carried a unit) are read by this rule: a record without
+a ``unit`` field is an old record; a metric whose name contains ``R@`` followed by a cut-off
+(``image_to_text_R@1``, ``text_to_image_R@10``, ...) was already in percent and is kept;
+every other metric was a fraction and is multiplied by 100. The record read gets
+``unit="%"``; missing ``hyperparameters`` and ``lineage`` read as ``{}``
+(:func:`upgrade_old_record`).
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import enum
 import json
 import math
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -26,7 +41,11 @@ __all__ = [
     "git_commit",
     "make_records",
     "read_results",
+    "upgrade_old_record",
 ]
+
+PERCENT = "%"
+"""The unit of every metric written now."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +56,12 @@ class ResultRecord:
     ``facebook/flava-full``, ...). ``timestamp``: ISO 8601 in UTC. ``git_commit`` is ``None``
     outside a git checkout. A record with ``num_samples`` below 1 or a non-finite ``value``
     cannot be made: nothing silently evaluates on zero samples.
+
+    ``unit``: the unit of ``value`` (``"%"`` for every metric written now; see the module
+    docstring). ``hyperparameters``: hyperparameters selected during the evaluation (the
+    linear probe's ``l2``). ``lineage``: where the evaluated weights came from
+    (``{"checkpoint": path, "step": n, "pretrained": name, ...}``). Both are JSON objects with
+    string keys and JSON values (finite numbers); they are copied when the record is made.
     """
 
     model: str
@@ -50,6 +75,9 @@ class ResultRecord:
     package_version: str
     git_commit: str | None
     timestamp: str
+    unit: str = PERCENT
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -61,6 +89,7 @@ class ResultRecord:
             "config_hash",
             "package_version",
             "timestamp",
+            "unit",
         ):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -89,6 +118,8 @@ class ResultRecord:
             raise ValueError(f"ResultRecord.timestamp {self.timestamp!r} is not ISO 8601") from e
         if moment.utcoffset() is None or moment.utcoffset().total_seconds() != 0:  # type: ignore[union-attr]
             raise ValueError(f"ResultRecord.timestamp {self.timestamp!r} is not in UTC")
+        for name in ("hyperparameters", "lineage"):
+            object.__setattr__(self, name, _json_object(getattr(self, name), f"ResultRecord.{name}"))
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
@@ -96,6 +127,56 @@ class ResultRecord:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
+_OPTIONAL_FIELDS = ("unit", "hyperparameters", "lineage")  # absent from old records
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """A copy of ``value`` if it is plain JSON (finite numbers, string keys), else ValueError."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}, not a finite number")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a key {key!r} that is not a string")
+            out[key] = _json_value(v, f"{where}[{key!r}]")
+        return out
+    raise ValueError(f"{where} is a {type(value).__name__} ({value!r}), not JSON-serialisable")
+
+
+def _json_object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a dict, got {value!r}")
+    return _json_value(value, where)
+
+
+_RECALL = re.compile(r"R@\d+")
+
+
+def upgrade_old_record(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a results line in today's form; old records are converted by the rule.
+
+    A line without ``unit`` is an old record: a recall metric (``R@K`` in its name, e.g.
+    ``image_to_text_R@1``) was already in percent; every other metric was a fraction and its
+    value is multiplied by 100. The result has ``unit="%"``; missing ``hyperparameters`` and
+    ``lineage`` become ``{}``. A line with a ``unit`` is returned unchanged (as a new dict).
+    """
+    out = dict(data)
+    if "unit" not in out:
+        metric, value = out.get("metric"), out.get("value")
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(metric, str) and is_number and not _RECALL.search(metric):
+            out["value"] = float(value) * 100.0
+        out["unit"] = PERCENT
+    out.setdefault("hyperparameters", {})
+    out.setdefault("lineage", {})
+    return out
 
 
 def _canonical(obj: Any) -> Any:
@@ -155,10 +236,14 @@ def make_records(
     num_samples: int,
     config: Any = None,
     repo: str | Path | None = None,
+    unit: str = PERCENT,
+    hyperparameters: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
 ) -> list[ResultRecord]:
     """One :class:`ResultRecord` per entry of ``metrics``, sharing the time stamp, the hash of
     ``config``, this package's version and the git commit of ``repo`` (default: the working
-    directory)."""
+    directory), the ``unit`` of the values (percent unless said otherwise), the selected
+    ``hyperparameters`` and the weights' ``lineage``."""
     if not metrics:
         raise ValueError(f"no metrics to record for {model} on {task} {split}")
     common = {
@@ -171,6 +256,9 @@ def make_records(
         "package_version": _package_version(),
         "git_commit": git_commit(repo),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "unit": unit,
+        "hyperparameters": dict(hyperparameters or {}),
+        "lineage": dict(lineage or {}),
     }
     return [
         ResultRecord(metric=name, value=float(value), **common) for name, value in metrics.items()
@@ -219,7 +307,10 @@ def _ends_without_newline(path: Path) -> bool:
 
 def read_results(path: str | Path) -> list[ResultRecord]:
     """The records of a results file; blank lines are skipped, and a malformed line raises a
-    ``ValueError`` naming the file, the line and the field."""
+    ``ValueError`` naming the file, the line and the field.
+
+    Old records (no ``unit``) are read by the rule of :func:`upgrade_old_record`: recall
+    (``R@K``) values kept, every other value times 100, ``unit="%"``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
@@ -234,6 +325,7 @@ def read_results(path: str | Path) -> list[ResultRecord]:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from e
             if not isinstance(data, dict):
                 raise ValueError(f"{path}, line {number}: expected a JSON object")
+            data = upgrade_old_record(data)
             missing = [k for k in _FIELDS if k not in data]
             if missing:
                 raise ValueError(f"{path}, line {number}: missing field {missing[0]!r}")
