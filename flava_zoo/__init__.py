@@ -1,6 +1,6 @@
 """flava-zoo: FLAVA-style multimodal models, staged pretraining, recipes, a model zoo and benchmarks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .checkpoint import load_pretrained, save_pretrained
 from .config import FlavaConfig, FusionEncoderConfig, ImageEncoderConfig, TextEncoderConfig

@@ -122,3 +122,75 @@ def load_head_state(directory: str | Path, name: str) -> dict[str, Any]:
         names = sorted({k.split(".", 1)[0] for k in state})
         raise ValueError(f"{path} holds no {name!r}; it has {names}")
     return head
+
+
+# ------------------------------------------------------------- training checkpoints
+CHECKPOINT_KEY = "flava_zoo"
+"""Key of a Lightning checkpoint under which a flava-zoo module stores what rebuilds it."""
+
+CHECKPOINT_FORMAT = 1
+
+
+def is_training_checkpoint(name: str | Path) -> bool:
+    """Whether ``name`` is a file that looks like a Lightning checkpoint (``.ckpt``)."""
+    path = Path(str(name))
+    return path.suffix == ".ckpt" and path.is_file()
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The whole Lightning checkpoint dict at ``path``, read without running code
+    (``torch.load(weights_only=True)``, memory-mapped so a large file costs little)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to load {path}: it holds more than tensors and plain data ({err})") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint (it holds a {type(ckpt).__name__})")
+    return ckpt
+
+
+def checkpoint_description(path: str | Path, ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a flava-zoo training checkpoint says about itself (``checkpoint[CHECKPOINT_KEY]``):
+    ``module`` (class path), ``model_config``, ``tokenizer`` (vocabulary and settings, or
+    ``None``), ``transform`` (image settings), ``task``, ``label_names`` and ``lineage``
+    (pretrained source, step, epoch). Raises ``ValueError`` for a checkpoint without it."""
+    ckpt = read_training_checkpoint(path) if ckpt is None else ckpt
+    info = ckpt.get(CHECKPOINT_KEY)
+    if not isinstance(info, dict) or "model_config" not in info:
+        raise ValueError(
+            f"{path} carries no flava-zoo model description (no {CHECKPOINT_KEY!r} entry): it was "
+            "written by another program or by flava-zoo before 0.2; evaluate it with the recipe's "
+            "model, or fine-tune again"
+        )
+    return info
+
+
+def load_from_training_checkpoint(path: str | Path, prefix: str = "model.", **overrides: Any) -> Any:
+    """The :class:`FlavaModel` a flava-zoo training checkpoint holds: built from its stored
+    config, then its ``prefix``-ed weights loaded. Nothing is downloaded."""
+    from .config import FlavaConfig
+    from .models.flava import FlavaModel
+
+    ckpt = read_training_checkpoint(path)
+    info = checkpoint_description(path, ckpt)
+    config = FlavaConfig.from_dict(info["model_config"])
+    if overrides:
+        config = config.replace(**overrides)
+    model = FlavaModel(config)
+    state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path} holds no weights under {prefix!r}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its weights do not fit its stored config: {err}") from None
+    return model

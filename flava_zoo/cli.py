@@ -56,20 +56,12 @@ def lightning(argv: list[str]) -> int:
     """Run LightningCLI (``fit``, ``validate``, ``test``, ``predict``) on ``argv``.
 
     Recipes add a ``ModelCheckpoint(save_last=True)`` so that ``--ckpt_path last`` resumes.
+    ``validate``, ``test`` and ``predict`` with ``--ckpt_path`` rebuild the model from the
+    checkpoint and fail when it names no file (:mod:`flava_zoo.recipe_cli`).
     """
-    import lightning as L
-    from lightning.pytorch.cli import LightningCLI
+    from .recipe_cli import run_lightning
 
-    LightningCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-    )
-    return 0
+    return run_lightning(argv)
 
 
 def quickstart(argv: list[str]) -> int:

@@ -287,6 +287,24 @@ class FlavaTokenizer:
         vocab = {token: index for index, token in enumerate(tokens)}
         return cls(vocab, lowercase=lowercase, max_length=max_length)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The tokenizer as plain data (tokens in id order and settings), e.g. to store in a
+        checkpoint; :meth:`from_dict` inverts it."""
+        tokens = sorted(self._vocab, key=self._vocab.__getitem__)
+        return {"vocab": tokens, "lowercase": self._lowercase, "max_length": self._max_length}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FlavaTokenizer:
+        """A tokenizer from :meth:`to_dict`'s output."""
+        tokens = data.get("vocab")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("tokenizer data: field 'vocab' must be a list of token strings")
+        return cls(
+            {t: i for i, t in enumerate(tokens)},
+            lowercase=bool(data.get("lowercase", True)),
+            max_length=int(data.get("max_length", 77)),
+        )
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``vocab.txt`` and ``tokenizer_config.json`` to ``directory`` (created if needed)."""
         directory = Path(directory)

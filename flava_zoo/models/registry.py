@@ -57,16 +57,24 @@ def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -
     """Build a :class:`FlavaModel`.
 
     ``name`` is a registered architecture (``flava-tiny``), an ``arch.tag`` from the model
-    zoo (``flava-base.facebook``; implies ``pretrained``), or a folder written by
-    :func:`flava_zoo.save_pretrained` (loads its config and weights). ``overrides`` set
-    config fields by name (``fusion="co_attention"``, ``image_size=128``,
-    ``text__num_layers=4``) and are applied before any weights load.
+    zoo (``flava-base.facebook``; implies ``pretrained``), a folder written by
+    :func:`flava_zoo.save_pretrained` (loads its config and weights), or a ``.ckpt`` file
+    written by a flava-zoo fine-tuning run (builds the model from the config stored in it
+    and loads its backbone; nothing is downloaded). ``overrides`` set config fields by name
+    (``fusion="co_attention"``, ``image_size=128``, ``text__num_layers=4``) and are applied
+    before any weights load.
     """
     path = Path(name)
     if path.is_dir():
         from ..checkpoint import load_pretrained
 
         return load_pretrained(path, **overrides)
+    if path.suffix == ".ckpt":
+        from ..checkpoint import load_from_training_checkpoint
+
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        return load_from_training_checkpoint(path, **overrides)
     name = str(name)
     arch, _, tag = name.partition(".")
     if pretrained or tag:

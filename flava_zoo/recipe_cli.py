@@ -1,0 +1,191 @@
+"""LightningCLI for flava-zoo recipes (``flava-zoo fit|validate|test|predict --config R``).
+
+What it adds to Lightning's own CLI, for ``validate``, ``test`` and ``predict``:
+
+- ``--ckpt_path`` (``last``, ``best`` or a file) must resolve to a checkpoint file; when it
+  resolves to none, the command stops with an error naming where it looked (Lightning
+  itself warns and evaluates the untrained model). ``fit`` keeps Lightning's behaviour, so a
+  requeued run can always pass ``--ckpt_path last``.
+- A checkpoint written by a flava-zoo downstream module rebuilds its module from what it
+  holds (the model config, heads, tokenizer, transform settings and hyperparameters), not
+  from the recipe's ``model`` section, so a model fine-tuned from an export of another shape
+  is evaluated as it was trained and nothing the checkpoint holds is downloaded. Only the
+  module's ``evaluation_args`` (results and prediction paths) keep the recipe's values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["EVALUATION_COMMANDS", "CommandError", "FlavaCLI", "find_checkpoint"]
+
+EVALUATION_COMMANDS = ("validate", "test", "predict")
+
+
+class CommandError(Exception):
+    """A command-line mistake reported as one line and a non-zero exit, not a traceback."""
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _checkpoint_dirs(trainer_cfg: Any) -> list[Path]:
+    """The folders the recipe's ``ModelCheckpoint`` callbacks write to."""
+    dirs = []
+    for cb in _get(trainer_cfg, "callbacks") or []:
+        if str(_get(cb, "class_path", "")).endswith("ModelCheckpoint"):
+            dirpath = _get(_get(cb, "init_args"), "dirpath")
+            if dirpath:
+                dirs.append(Path(str(dirpath)))
+    return dirs
+
+
+def _last_checkpoint(trainer_cfg: Any) -> tuple[Path | None, str]:
+    """The newest ``last*.ckpt`` where the recipe saves checkpoints, and where it looked."""
+    dirs = _checkpoint_dirs(trainer_cfg)
+    if dirs:
+        candidates = [p for d in dirs for p in d.glob("last*.ckpt")]
+        where = ", ".join(str(d.resolve()) for d in dirs)
+    else:  # Lightning's default: <default_root_dir>/lightning_logs/version_N/checkpoints
+        root = Path(str(_get(trainer_cfg, "default_root_dir") or "."))
+        candidates = list(root.glob("**/checkpoints/last*.ckpt"))
+        where = f"{root.resolve()}/**/checkpoints"
+    candidates = [p for p in candidates if p.is_file()]
+    if not candidates:
+        return None, where
+    return max(candidates, key=lambda p: p.stat().st_mtime), where
+
+
+def find_checkpoint(ckpt_path: str, trainer_cfg: Any) -> Path:
+    """The checkpoint file ``--ckpt_path`` names: ``last`` (the newest ``last*.ckpt`` in the
+    recipe's checkpoint folder), ``best`` (the best model the last checkpoint's
+    ``ModelCheckpoint`` recorded) or a path. Raises :class:`CommandError` naming where it
+    looked when there is no such file."""
+    if ckpt_path in ("last", "best"):
+        last, where = _last_checkpoint(trainer_cfg)
+        if last is None:
+            raise CommandError(
+                f"--ckpt_path {ckpt_path}: no last*.ckpt in {where}; run `flava-zoo fit` with this "
+                "recipe first (its ModelCheckpoint needs save_last: true) or pass a checkpoint file"
+            )
+        if ckpt_path == "last":
+            return last
+        from .checkpoint import read_training_checkpoint
+
+        states = read_training_checkpoint(last).get("callbacks") or {}
+        best = [
+            Path(s["best_model_path"])
+            for k, s in states.items()
+            if "ModelCheckpoint" in str(k) and isinstance(s, dict) and s.get("best_model_path")
+        ]
+        best = [p for p in best if p.is_file()]
+        if not best:
+            raise CommandError(
+                f"--ckpt_path best: {last} records no best checkpoint that exists (the recipe's "
+                "ModelCheckpoint needs a monitor); pass last or a checkpoint file"
+            )
+        return best[0]
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CommandError(f"--ckpt_path {ckpt_path}: no such file ({path.resolve()})")
+    return path
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class FlavaCLI(LightningCLI):
+    """LightningCLI that evaluates what was trained (see the module docstring)."""
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's version applies a checkpoint's hyperparameters only for a file path and
+        # keeps the recipe's model; evaluation commands do it in before_instantiate_classes.
+        if self.config.get("subcommand") in EVALUATION_COMMANDS:
+            return
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Resolve ``--ckpt_path`` of an evaluation command and rebuild the module from it."""
+        sub = self.subcommand
+        if sub not in EVALUATION_COMMANDS:
+            return
+        cfg = self.config[sub]
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path or ckpt_path == "hpc":
+            return
+        path = find_checkpoint(str(ckpt_path), cfg.get("trainer"))
+        cfg["ckpt_path"] = str(path)
+        self._rebuild_from(path, cfg)
+
+    def _rebuild_from(self, path: Path, cfg: Any) -> None:
+        from .checkpoint import CHECKPOINT_KEY, read_training_checkpoint
+
+        ckpt = read_training_checkpoint(path)
+        info = ckpt.get(CHECKPOINT_KEY)
+        model_cfg = cfg.get("model")
+        if not isinstance(info, dict):
+            print(
+                f"flava-zoo {self.subcommand}: {path} carries no flava-zoo model description; "
+                "the model is built from the recipe",
+                file=sys.stderr,
+            )
+            return
+        saved_class = _import(info["module"])
+        given = str(_get(model_cfg, "class_path", "") or "")
+        if given and _import(given) is not saved_class:
+            raise CommandError(
+                f"{path} holds a {info['module']} checkpoint, but the recipe's model is {given}: "
+                "use the recipe the checkpoint was trained with"
+            )
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        for key in ("_instantiator", "_class_path"):
+            hparams.pop(key, None)
+        args = saved_class.init_args_from_checkpoint(str(path), hparams)
+        given_args = _get(model_cfg, "init_args")
+        for name in getattr(saved_class, "evaluation_args", ()):
+            value = _get(given_args, name)
+            if value is not None:
+                args[name] = value
+        update = {self.subcommand: {"model": {"class_path": info["module"], "init_args": args}}}
+        self.config = self.parser.parse_object(update, self.config)
+        lineage = info.get("lineage") or {}
+        print(
+            f"flava-zoo {self.subcommand}: the model is rebuilt from {path} (step "
+            f"{lineage.get('step', '?')}, fine-tuned from {lineage.get('pretrained', '?')}); "
+            "the recipe's model section is not used",
+            file=sys.stderr,
+        )
+
+
+def run_lightning(argv: list[str]) -> int:
+    """Run :class:`FlavaCLI` on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` ...);
+    a :class:`CommandError` is printed as one line and returns 1."""
+    import lightning as L
+
+    try:
+        FlavaCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
+    except CommandError as err:
+        command = argv[0] if argv else "lightning"
+        print(f"flava-zoo {command}: {err}", file=sys.stderr)
+        return 1
+    return 0
