@@ -69,20 +69,22 @@ def test_vqa_accuracy_leave_one_out(k: int, expected: float) -> None:
 
 
 def test_vqa_accuracy_normalisation_edge_cases() -> None:
+    # (tests/test_vqa_official.py has the cases where vqaEval.py a013f00 differs from 2017's)
     assert vqa_accuracy("Two", _humans("2", 3)) == pytest.approx(0.9)
-    assert vqa_accuracy("yes.", ["yes"] * 10) == 1.0
+    # humans all identical: nothing is normalised, not even the prediction (2017: 1.0)
+    assert vqa_accuracy("yes.", ["yes"] * 10) == 0.0
     assert vqa_accuracy("the dog", _humans("dog", 4)) == 1.0
     assert vqa_accuracy("1,000", _humans("1000", 1)) == pytest.approx(0.3)
     assert vqa_accuracy("its", _humans("it's", 4)) == 0.0
     assert vqa_accuracy("dont", _humans("don't", 2)) == pytest.approx(0.6)
-    # Human answers are not digit-normalised (the annotation files already are): a prediction
-    # "2" does not match humans' "two"
+    # humans who all said "two" are not digit-normalised: a prediction "2" does not match
     assert vqa_accuracy("2", ["two"] * 10) == 0.0
-    # ...and they pass the punctuation step only when they disagree
+    # disagreeing humans are normalised like the prediction
     assert vqa_accuracy("yes", _humans("yes.", 3)) == pytest.approx(0.9)
     assert vqa_accuracy("yes", ["yes."] * 10) == 0.0
-    # that step spaces a mark and never strips: a human "yes!" becomes "yes ", matching nothing
-    assert vqa_accuracy("yes", _humans("yes!", 3)) == 0.0
+    # "yes!" -> "yes " (the mark is spaced) -> "yes" (processDigitArticle re-joins the words);
+    # the 2017 evaluator skipped that second step for humans and gave 0.0
+    assert vqa_accuracy("yes", _humans("yes!", 3)) == pytest.approx(0.9)
     with pytest.raises(ValueError, match="non-empty list"):
         vqa_accuracy("yes", [])
 
@@ -94,9 +96,10 @@ def test_vqa_accuracy_metric_accumulates_and_refuses_zero_samples() -> None:
         pytest.warns(UserWarning, match="before the ``update``"),
     ):
         metric.compute()
-    metric.update(["dog", "Two"], [_humans("dog", 1), _humans("2", 10)])
+    # ten identical humans "2": the prediction is not normalised, "Two" scores 0 (2017: 1)
+    metric.update(["dog", "Two", "2"], [_humans("dog", 1), _humans("2", 10), _humans("2", 10)])
     metric.update(["cat"], [_humans("dog", 2, other="cat")])  # 8 humans said cat
-    assert float(metric.compute()) == pytest.approx((0.3 + 1.0 + 1.0) / 3)
+    assert float(metric.compute()) == pytest.approx((0.3 + 0.0 + 1.0 + 1.0) / 4)
     with pytest.raises(ValueError, match="2 predictions but 1 lists"):
         metric.update(["a", "b"], [["a"]])
 

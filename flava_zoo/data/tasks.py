@@ -519,11 +519,14 @@ class VQAv2(_ImageDataset):
     Without ``annotations_json`` (test-dev / test) those are ``None``.
 
     Soft targets: an answer given by ``n`` of the humans (after normalisation) scores
-    ``min(n / 3, 1)`` (``soft_score="min_count"``, the common VQA training target). The
-    official metric instead averages ``min(matches / 3, 1)`` over the ten leave-one-out subsets
-    of humans, which gives 0.3, 0.6, 0.9, 1 for one to four matches;
-    ``soft_score="leave_one_out"`` trains on exactly that (so the target of an answer is its
-    expected metric value).
+    ``min(n / 3, 1)`` (``soft_score="min_count"``, the common VQA training target: 1/3, 2/3,
+    1 for one to three humans). ``soft_score="leave_one_out"`` instead makes the target of
+    each vocabulary entry its official accuracy as a prediction for the question,
+    :func:`~flava_zoo.evaluation.metrics.vqa_score` (0.3, 0.6, 0.9, 1 for one to four matching
+    humans of ten), including the official evaluator's rule that a question whose human
+    answers are all identical (after stripping) is compared unnormalised: ten humans
+    ``"two"`` give the normalised entry ``"2"`` no target. ``min_count`` is not a vocabulary
+    threshold: the vocabulary is the ``top_k`` most frequent answers.
 
     ``answer_vocab``: by default the :func:`build_answer_vocab` of these annotations (for the
     training split); evaluation splits must be given the training vocabulary. Human answers
@@ -599,8 +602,8 @@ class VQAv2(_ImageDataset):
             raw = [a for a in self.answer_vocab if normalize_vqa_answer(a) != a]
             if raw:
                 warnings.warn(
-                    f"{len(raw)} answer_vocab entries are not normalised answers and can never "
-                    f"match a human answer (e.g. {raw[0]!r} -> {normalize_vqa_answer(raw[0])!r})",
+                    f"{len(raw)} answer_vocab entries are not normalised answers and get no "
+                    f"min_count target (e.g. {raw[0]!r} -> {normalize_vqa_answer(raw[0])!r})",
                     stacklevel=2,
                 )
         self.num_answers = self.num_oov_answers = self.num_untargeted = 0
@@ -650,17 +653,40 @@ class VQAv2(_ImageDataset):
             )
 
     def _make_targets(self, normalize: Callable[[str], str]) -> None:
+        from flava_zoo.evaluation.metrics import (
+            strip_vqa_answer,
+            vqa_human_answer_forms,
+            vqa_leave_one_out_score,
+        )
+
         assert self.answer_vocab is not None
         index = {a: i for i, a in enumerate(self.answer_vocab)}
+        # leave_one_out: what the official evaluator compares a vocabulary entry as, when the
+        # humans of a question disagree (normalised) and when they agree (only stripped)
+        by_normalised: dict[str, list[int]] = {}
+        by_stripped: dict[str, list[int]] = {}
+        for i, a in enumerate(self.answer_vocab):
+            by_normalised.setdefault(normalize(a), []).append(i)
+            by_stripped.setdefault(strip_vqa_answer(a), []).append(i)
         for item in self._questions:
             assert item.answers is not None and item.answer is not None
             counts = Counter(normalize(a) for a in item.answers)
             n = len(item.answers)
             self.num_answers += n
             self.num_oov_answers += sum(c for a, c in counts.items() if a not in index)
-            item.target = [
-                (index[a], self._score(c, n)) for a, c in sorted(counts.items()) if a in index
-            ]
+            if self.soft_score == "min_count":
+                item.target = [
+                    (index[a], min(c / 3.0, 1.0)) for a, c in sorted(counts.items()) if a in index
+                ]
+            else:
+                forms, normalised = vqa_human_answer_forms(item.answers)
+                lookup = by_normalised if normalised else by_stripped
+                scores = {
+                    i: vqa_leave_one_out_score(c, n)
+                    for form, c in Counter(forms).items()
+                    for i in lookup.get(form, ())
+                }
+                item.target = [(i, s) for i, s in sorted(scores.items()) if s > 0]
             if not item.target:
                 self.num_untargeted += 1
             item.label = index.get(normalize(item.answer), IGNORE_INDEX)
@@ -673,13 +699,6 @@ class VQAv2(_ImageDataset):
                 "have no answer in it (all-zero soft target)",
                 stacklevel=3,
             )
-
-    def _score(self, count: int, num_humans: int) -> float:
-        if self.soft_score == "min_count":
-            return min(count / 3.0, 1.0)
-        # mean over leave-one-out subsets: `count` subsets lose a match, the others keep all
-        kept = num_humans - count
-        return (count * min((count - 1) / 3.0, 1.0) + kept * min(count / 3.0, 1.0)) / num_humans
 
     @property
     def num_labels(self) -> int:
@@ -734,11 +753,15 @@ SNLI_VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 class SnliVE(_ImageDataset):
     """SNLI-VE visual entailment from an official JSONL file (``snli_ve_{train,dev,test}.jsonl``).
 
-    The premise is the Flickr30K image ``image_dir / f"{Flickr30K_ID}.jpg"``; the hypothesis is
-    ``sentence2`` (``sentence1``, the SNLI caption premise, is not part of the task). Sample:
-    ``{"image", "text", "hypothesis", "label", "index"}``: ``text`` and ``hypothesis`` are the
-    same sentence (``hypothesis`` is :class:`ShapesEntailment`'s key), ``label`` indexes
-    :data:`SNLI_VE_LABELS`.
+    The premise is a Flickr30K image in ``image_dir``, named by either form of the official
+    files (github.com/necla-ml/SNLI-VE): ``"Flikr30kID": "3416050480.jpg"`` (sic, with the
+    extension) in the files as distributed, or ``"Flickr30K_ID": "3416050480"`` (no extension)
+    in those regenerated by its ``vet/tools/snli_ve_generator.py``; either gives
+    ``image_dir / "3416050480.jpg"`` (never ``.jpg.jpg``); a line with both must name the same
+    image. The hypothesis is ``sentence2`` (``sentence1``, the SNLI caption premise, is not
+    part of the task). Sample: ``{"image", "text", "hypothesis", "label", "index"}``: ``text``
+    and ``hypothesis`` are the same sentence (``hypothesis`` is :class:`ShapesEntailment`'s
+    key), ``label`` indexes :data:`SNLI_VE_LABELS`.
 
     SNLI pairs without annotator consensus (``gold_label`` ``"-"``) are skipped when
     ``skip_no_consensus`` and counted in ``num_skipped`` and a warning; any other label is an
@@ -747,6 +770,8 @@ class SnliVE(_ImageDataset):
 
     label_names = SNLI_VE_LABELS
     num_labels = len(SNLI_VE_LABELS)
+    IMAGE_FIELDS: tuple[str, ...] = ("Flikr30kID", "Flickr30K_ID")
+    """The image field as distributed (sic; ``"NNN.jpg"``) and as regenerated (``"NNN"``)."""
 
     def __init__(
         self,
@@ -759,10 +784,10 @@ class SnliVE(_ImageDataset):
         self.path = _require_file(jsonl, "SNLI-VE")
         self.image_dir = Path(image_dir)
         self.transform = transform
-        self._samples: list[tuple[str, str, int]] = []
+        self._samples: list[tuple[str, str, int, int]] = []
         self.num_skipped = 0
         for line, record in _read_jsonl(self.path):
-            image_id = _get(record, "Flickr30K_ID", (str, int), self.path, line=line)
+            image_file = self._image_file(record, line)
             hypothesis = _get(record, "sentence2", str, self.path, line=line)
             gold = _get(record, "gold_label", str, self.path, line=line)
             if gold == "-" and skip_no_consensus:
@@ -775,7 +800,7 @@ class SnliVE(_ImageDataset):
                     line=line,
                     field="gold_label",
                 )
-            self._samples.append((str(image_id), hypothesis, SNLI_VE_LABELS.index(gold)))
+            self._samples.append((image_file, hypothesis, SNLI_VE_LABELS.index(gold), line))
         if self.num_skipped:
             warnings.warn(
                 f"SNLI-VE {self.path}: skipped {self.num_skipped} pairs without a gold label ('-')",
@@ -783,15 +808,38 @@ class SnliVE(_ImageDataset):
             )
         _require_samples(len(self._samples), f"SNLI-VE {self.path}")
 
+    def _image_file(self, record: Mapping[str, Any], line: int) -> str:
+        """The image file name (``"NNN.jpg"``) of one JSONL record, from either image field."""
+        names: dict[str, str] = {}
+        for key in self.IMAGE_FIELDS:
+            if key in record:
+                value = str(_get(record, key, (str, int), self.path, line=line))
+                if not value or value == ".jpg":
+                    raise TaskDataError(self.path, "empty image id", line=line, field=key)
+                names[key] = value if value.endswith(".jpg") else f"{value}.jpg"
+        if not names:
+            raise TaskDataError(
+                self.path,
+                "missing the image field: expected 'Flikr30kID' (as distributed, e.g. "
+                "\"3416050480.jpg\") or 'Flickr30K_ID' (as regenerated, e.g. \"3416050480\")",
+                line=line,
+            )
+        if len(set(names.values())) > 1:
+            raise TaskDataError(
+                self.path,
+                f"'Flikr30kID' {record['Flikr30kID']!r} and 'Flickr30K_ID' "
+                f"{record['Flickr30K_ID']!r} name different images",
+                line=line,
+            )
+        return next(iter(names.values()))
+
     def __len__(self) -> int:
         return len(self._samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        image_id, hypothesis, label = self._samples[index]
-        image = self._image(
-            self.image_dir / f"{image_id}.jpg", f"Flickr30K_ID {image_id} in {self.path}"
-        )
+        image_file, hypothesis, label, line = self._samples[index]
+        image = self._image(self.image_dir / image_file, f"line {line} of {self.path}")
         return {
             "image": image,
             "text": hypothesis,

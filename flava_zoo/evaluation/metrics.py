@@ -1,9 +1,10 @@
 """Official downstream metrics: VQA accuracy, the GLUE metrics and score, Hateful Memes
 AUROC and accuracy, SNLI-VE accuracy; built on torchmetrics where it has the metric.
 
-The VQA normalisation reproduces ``vqaEval.py`` of the official evaluation code
-(github.com/GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation``), quirks included,
-so that numbers compare with published ones.
+The VQA accuracy is a re-implementation of the current official evaluator,
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` of github.com/GT-Vision-Lab/VQA at commit
+a013f00 ("Fixed processing answers bug", 2021), quirks included, so that numbers compare
+with published ones.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ __all__ = [
     "memes_metrics",
     "normalize_vqa_answer",
     "snli_ve_metrics",
+    "strip_vqa_answer",
     "vqa_accuracy",
+    "vqa_human_answer_forms",
+    "vqa_leave_one_out_score",
+    "vqa_score",
 ]
 
 # ------------------------------------------------------------------- VQA normalisation
@@ -116,46 +121,87 @@ def _process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 
-def normalize_vqa_answer(answer: str) -> str:
-    """The official VQA normalisation of a predicted answer.
+def strip_vqa_answer(answer: str) -> str:
+    """The first step ``vqaEval.py`` (a013f00) applies to every answer, predicted and human:
+    newlines and tabs become spaces, then surrounding whitespace is stripped. No
+    lower-casing: ``"Two "`` becomes ``"Two"``."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
 
-    Newlines and tabs become spaces, the ends are stripped, then punctuation
-    (``processPunctuation``) and digits, articles and contractions (``processDigitArticle``)
-    are normalised exactly as ``vqaEval.py`` does: ``"Two" -> "2"``, ``"yes." -> "yes"``,
+
+def normalize_vqa_answer(answer: str) -> str:
+    """The official VQA normalisation of an answer.
+
+    :func:`strip_vqa_answer`, then punctuation (``processPunctuation``) and lower-casing,
+    digits, articles and contractions (``processDigitArticle``), exactly as ``vqaEval.py``
+    (GT-Vision-Lab/VQA, a013f00) does: ``"Two" -> "2"``, ``"yes." -> "yes"``,
     ``"the dog" -> "dog"``, ``"1,000" -> "1000"``, ``"dont" -> "don't"``; ``"it's"`` and
     ``"its"`` stay different (the apostrophe is not in the punctuation list and ``its`` is not
-    in the contractions table).
+    in the contractions table). The evaluator applies it to the prediction and to the human
+    answers of a question only when those humans disagree (see :func:`vqa_score`); the
+    answer vocabulary and soft targets of :class:`~flava_zoo.data.tasks.VQAv2` use it too.
     """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
+    return _process_digit_article(_process_punctuation(strip_vqa_answer(answer)))
+
+
+def vqa_human_answer_forms(human_answers: Sequence[str]) -> tuple[list[str], bool]:
+    """The human answers of one question as ``vqaEval.py`` (a013f00) compares them, and
+    whether it normalised them.
+
+    Every answer is stripped (:func:`strip_vqa_answer`); if the stripped answers are not all
+    identical, every one is then normalised (:func:`normalize_vqa_answer`) and ``True`` is
+    returned: the prediction must then be normalised too. If they are all identical, nothing
+    more is done to them, nor to the prediction, which is only stripped (``False``).
+    """
+    if isinstance(human_answers, str) or not human_answers:
+        raise ValueError("the VQA score needs a non-empty list of human answers")
+    stripped = [strip_vqa_answer(h) for h in human_answers]
+    if len(set(stripped)) > 1:
+        return [normalize_vqa_answer(h) for h in stripped], True
+    return stripped, False
+
+
+def vqa_leave_one_out_score(matches: int, num_humans: int) -> float:
+    """The official score of a prediction that ``matches`` of ``num_humans`` human answers
+    equal: the mean, over each human left out in turn, of ``min(1, matches among the other
+    humans / 3)``. With ten humans, one to four matches score 0.3, 0.6, 0.9 and 1."""
+    if not 0 <= matches <= num_humans or num_humans < 1:
+        raise ValueError(f"{matches} matches of {num_humans} human answers")
+    # leaving out one of the `matches` humans leaves matches - 1; leaving out another, matches
+    kept = num_humans - matches
+    return (
+        matches * min(1.0, (matches - 1) / 3.0) + kept * min(1.0, matches / 3.0)
+    ) / num_humans
+
+
+def vqa_score(prediction: str, human_answers: Sequence[str]) -> float:
+    """The official VQA accuracy of one predicted answer, in [0, 1].
+
+    Mirrors the per-question loop of ``evaluate`` in ``vqaEval.py`` of GT-Vision-Lab/VQA at
+    commit a013f00 ("Fixed processing answers bug"): the prediction and the human answers are
+    stripped; only if the stripped human answers are not all identical are both the prediction
+    and the human answers normalised (:func:`vqa_human_answer_forms`); the score is then
+    :func:`vqa_leave_one_out_score` of the number of humans whose answer equals the
+    prediction. Each human is left out by position (the official code drops the one answer
+    record equal to it, and records differ by ``answer_id``).
+
+    So with humans ``2, 2, two, Two, two , ...`` (they disagree) the prediction ``"two"``
+    matches all ten and scores 1 (the 2017 evaluator, which normalised the prediction but
+    only punctuation-processed the humans, gave 0.6); with ten humans ``"2"`` (they agree)
+    nothing is normalised and ``"Two"`` scores 0, as does ``"yes."`` against ten ``"yes"``.
+    """
+    humans, normalised = vqa_human_answer_forms(human_answers)
+    predicted = normalize_vqa_answer(prediction) if normalised else strip_vqa_answer(prediction)
+    return vqa_leave_one_out_score(sum(h == predicted for h in humans), len(humans))
 
 
 def vqa_accuracy(predicted: str, human_answers: Sequence[str]) -> float:
-    """The official VQA accuracy of one predicted answer, in [0, 1].
-
-    The mean, over the leave-one-out subsets of the human answers (ten of nine for VQAv2), of
-    ``min(#humans in the subset who gave the prediction / 3, 1)``: one to four matching humans
-    score 0.3, 0.6, 0.9 and 1.
-
-    As in ``vqaEval.py``, the prediction is fully normalised (:func:`normalize_vqa_answer`),
-    while the human answers, already normalised in the official annotation files, only pass
-    through the punctuation step, and only when they are not all identical. So a prediction
-    ``"Two"`` matches humans' ``"2"``, but a prediction ``"2"`` does not match humans' ``"two"``.
-    """
-    if isinstance(human_answers, str) or not human_answers:
-        raise ValueError("vqa_accuracy needs a non-empty list of human answers")
-    prediction = normalize_vqa_answer(predicted)
-    humans = list(human_answers)
-    if len(set(humans)) > 1:
-        humans = [_process_punctuation(h) for h in humans]
-    n = len(humans)
-    k = sum(h == prediction for h in humans)
-    # Leaving out one of the k matching humans leaves k - 1 matches; leaving out another, k.
-    return (k * min((k - 1) / 3.0, 1.0) + (n - k) * min(k / 3.0, 1.0)) / n
+    """The official VQA accuracy of one predicted answer: the same as :func:`vqa_score`."""
+    return vqa_score(predicted, human_answers)
 
 
 class VQAAccuracy(Metric):
-    """Mean official VQA accuracy (:func:`vqa_accuracy`) over the questions seen.
+    """Mean official VQA accuracy (:func:`vqa_score`) over the questions seen, a fraction in
+    [0, 1] (``vqaEval.py`` reports 100 times it).
 
     ``update(predicted, human_answers)``: predicted answer strings and, per question, the list
     of its human answers (the ``answers`` of :class:`~flava_zoo.data.tasks.VQAv2` samples).
@@ -184,7 +230,7 @@ class VQAAccuracy(Metric):
             raise ValueError(
                 f"{len(predicted)} predictions but {len(human_answers)} lists of human answers"
             )
-        batch = sum(vqa_accuracy(p, h) for p, h in zip(predicted, human_answers))
+        batch = sum(vqa_score(p, h) for p, h in zip(predicted, human_answers))
         self.total += batch
         self.count += len(predicted)
 
