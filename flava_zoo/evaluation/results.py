@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PERCENT",
     "ResultRecord",
     "append_results",
     "config_hash",
     "git_commit",
     "make_records",
     "read_results",
+    "to_percent",
     "upgrade_old_record",
 ]
 
@@ -128,6 +130,12 @@ class ResultRecord:
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
 _OPTIONAL_FIELDS = ("unit", "hyperparameters", "lineage")  # absent from old records
+
+
+def to_percent(fractions: Mapping[str, Any]) -> dict[str, float]:
+    """``{name: 100 * value}`` as floats: fractions (torchmetrics' accuracy, F1, AUROC, Matthews
+    and Pearson / Spearman correlations; tensors or numbers) to the percent records hold."""
+    return {name: 100.0 * float(value) for name, value in fractions.items()}
 
 
 def _json_value(value: Any, where: str) -> Any:
