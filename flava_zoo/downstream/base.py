@@ -29,6 +29,8 @@ def model_origin(model: str) -> str:
     path = Path(str(model))
     if path.is_dir():
         return str(path.resolve())
+    if path.suffix == ".ckpt":
+        return f"checkpoint {path.resolve()}"
     if "." in str(model):
         return f"zoo:{model}"
     return f"random init ({model})"
@@ -77,10 +79,14 @@ def layer_decay_multipliers(
 
 
 def load_itm_head(path: str | Path, dim: int) -> ITMHead:
-    """An :class:`ITMHead` from an exported folder with ``heads.safetensors``, a pretraining
-    checkpoint (``objective.itm_head.*``), a fine-tuning checkpoint (``itm_head.*``) or a
-    safetensors / torch file of those keys."""
+    """An :class:`ITMHead` from an exported folder with ``heads.safetensors`` (ours, or a
+    checkpoint converted by :mod:`flava_zoo.interop`), a pretraining checkpoint
+    (``objective.itm_head.*``), a fine-tuning checkpoint (``itm_head.*``), a transformers
+    ``FlavaForPreTraining`` file (``itm_head.seq_relationship.*``), a torchmultimodal one
+    (``loss.itm_loss.*``), or a safetensors / torch file of those keys. A head of another
+    width than ``dim`` is refused, naming both shapes."""
     from ..checkpoint import load_head_state
+    from ..interop.heads import itm_head_state
     from ..weights import load_state_dict_file
 
     if Path(path).is_dir():
@@ -89,13 +95,18 @@ def load_itm_head(path: str | Path, dim: int) -> ITMHead:
         state = load_state_dict_file(path)
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
-    for marker in ("objective.itm_head.", "itm_head."):
-        head_state = {k.split(marker, 1)[1]: v for k, v in state.items() if marker in k}
-        if head_state:
-            break
-    else:
-        raise ValueError(f"{path} holds no ITM head (no 'itm_head.' keys)")
+    head_state = itm_head_state(state)
+    if head_state is None:
+        raise ValueError(f"{path} holds no ITM head (no 'itm_head.' or 'loss.itm_loss.' keys)")
     head = ITMHead(dim)
+    own = head.state_dict()
+    wrong = [
+        f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} here"
+        for k, v in head_state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"{path}: the ITM head does not fit a {dim}-wide fusion encoder: {'; '.join(wrong)}")
     try:
         head.load_state_dict(head_state)
     except RuntimeError as err:
@@ -105,12 +116,98 @@ def load_itm_head(path: str | Path, dim: int) -> ITMHead:
 
 class DownstreamModule(L.LightningModule):
     """Base of the downstream modules: builds the backbone, attaches to a :class:`TaskData`,
-    keeps frozen parts in eval mode, and writes results records."""
+    keeps frozen parts in eval mode, and writes results records.
+
+    Every checkpoint it saves carries what rebuilds the evaluated model without the recipe
+    (``checkpoint["flava_zoo"]``: the model config, the tokenizer vocabulary and settings,
+    the transform settings, the task and label set, and the lineage: pretrained source,
+    step, epoch). ``model`` may name such a checkpoint (``.ckpt``): the backbone is built
+    from it and its lineage carries over to the records.
+    """
+
+    evaluation_args: tuple[str, ...] = ("results", "predictions", "submission")
+    """Init arguments that describe an evaluation rather than the trained model: when a
+    module is rebuilt from a checkpoint, these keep the value the recipe or command line
+    gives; every other argument comes from the checkpoint."""
 
     def __init__(self, model: str, model_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
+        from ..checkpoint import checkpoint_description, is_training_checkpoint
+
+        self._restored: dict[str, Any] | None = None
+        if is_training_checkpoint(model):
+            self._restored = checkpoint_description(model)
         self.model = create_model(model, **(model_overrides or {}))
         self._frozen_modules: list[nn.Module] = []
+
+    # ---------------------------------------------------------- checkpoints
+    @classmethod
+    def init_args_from_checkpoint(cls, path: str, saved: dict[str, Any]) -> dict[str, Any]:
+        """The init arguments that rebuild this module from checkpoint ``path``, whose saved
+        hyperparameters are ``saved``: the backbone comes from the checkpoint itself (its
+        stored config already holds any overrides). Subclasses adjust what else the
+        checkpoint holds (heads that would otherwise be loaded from elsewhere)."""
+        args = dict(saved)
+        args["model"] = str(path)
+        args["model_overrides"] = None
+        return args
+
+    def lineage(self) -> dict[str, Any]:
+        """Where the evaluated weights come from: the pretrained source, and for fine-tuned
+        weights the checkpoint and the step they were saved at (JSON-serialisable)."""
+        if self._restored is not None:
+            saved = dict(self._restored.get("lineage") or {})
+            saved["checkpoint"] = str(Path(str(self.hparams.model)).resolve())
+            return saved
+        out: dict[str, Any] = {"pretrained": model_origin(self.hparams.model), "pretrained_name": str(self.hparams.model)}
+        trainer = self._trainer
+        ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        if ckpt:
+            out["checkpoint"] = str(Path(ckpt).resolve())
+        if trainer is not None and self.global_step > 0:
+            out["step"] = int(self.global_step)
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what rebuilds this module's model without the recipe (see the class doc)."""
+        from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_KEY
+
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = transform = task = None
+        label_names = None
+        if isinstance(dm, TaskData):
+            task = dm.task_name
+            tok = dm.tokenizer if dm.needs_tokenizer else None
+            tokenizer = tok.to_dict() if tok is not None else None
+            transform = dm.transform_settings()
+            label_names = self.hparams.get("label_names")
+        lineage = self.lineage()
+        lineage.pop("checkpoint", None)
+        lineage.update(step=int(self.global_step), epoch=int(self.current_epoch))
+        if task is not None:
+            lineage["task"] = task
+        cls = type(self)
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "module": f"{cls.__module__}.{cls.__qualname__}",
+            "model_config": self.model.config.to_dict(),
+            "tokenizer": tokenizer,
+            "transform": transform,
+            "task": task,
+            "label_names": label_names,
+            "lineage": lineage,
+        }
+
+    def check_restored_task(self, dm: TaskData) -> None:
+        """Refuse a checkpoint trained on another task than ``dm``'s, naming both."""
+        if self._restored is None:
+            return
+        trained = self._restored.get("task")
+        if trained is not None and trained != dm.task_name:
+            raise ValueError(
+                f"checkpoint {self.hparams.model} was trained on {trained!r}, but the data is "
+                f"{dm.task_name!r}: evaluate it on its own task"
+            )
 
     # ------------------------------------------------------------------- data
     def task_data(self) -> TaskData:
@@ -190,7 +287,11 @@ class DownstreamModule(L.LightningModule):
     # ---------------------------------------------------------------- results
     def model_source(self) -> str:
         """Where the evaluated weights come from (the model argument, plus the checkpoint or
-        the fine-tuning of this run)."""
+        the fine-tuning of this run), in words; :meth:`lineage` gives the same as data."""
+        if self._restored is not None:
+            lin = self.lineage()
+            step = f" {lin['step']} steps" if "step" in lin else ""
+            return f"{lin.get('pretrained', 'unknown source')}, fine-tuned{step}: checkpoint {lin['checkpoint']}"
         origin = model_origin(self.hparams.model)
         trainer = self._trainer
         ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
@@ -200,6 +301,45 @@ class DownstreamModule(L.LightningModule):
             return f"{origin}, fine-tuned {self.global_step} steps in this run"
         return origin
 
+    def predictions_path(self) -> Path:
+        """``predictions`` when set, else ``predictions.jsonl`` in the run folder."""
+        given = self.hparams.get("predictions")
+        if given:
+            return Path(given)
+        return Path(self.trainer.default_root_dir) / "predictions.jsonl"
+
+    def submission_dir(self) -> Path:
+        """``submission`` when set, else ``submission/`` in the run folder: where the official
+        submission files of a task that has them are written."""
+        given = self.hparams.get("submission")
+        if given:
+            return Path(given)
+        return Path(self.trainer.default_root_dir) / "submission"
+
+    def write_predictions(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write ``rows`` (one JSON object per example) to :meth:`predictions_path` as JSON
+        lines, atomically (a temporary file, then a rename), on the global-zero process.
+        Returns the path written (``None`` on other processes)."""
+        import json
+        import os
+        import sys
+
+        if self.trainer.world_size > 1:
+            raise ValueError("predictions are written by one process; predict with devices=1")
+        if not self.trainer.is_global_zero:
+            return None
+        if not rows:
+            raise ValueError(f"{self.task_data().task_name}: nothing to predict (the split yielded no samples)")
+        path = self.predictions_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+        print(f"flava-zoo predict: {len(rows)} predictions -> {path}", file=sys.stderr)
+        return path
+
     def results_path(self) -> Path:
         """``results`` when set, else ``results.jsonl`` in the run folder."""
         given = self.hparams.get("results")
@@ -207,8 +347,24 @@ class DownstreamModule(L.LightningModule):
             return Path(given)
         return Path(self.trainer.default_root_dir) / "results.jsonl"
 
-    def record(self, metrics: Mapping[str, float], split: str, num_samples: int) -> None:
-        """Append one results record per metric (on the global-zero process)."""
+    def record_model_name(self) -> str:
+        """The ``model`` field of records: the pretrained model as the run named it (for a
+        rebuilt checkpoint, the name its fine-tuning started from)."""
+        if self._restored is not None:
+            return str((self._restored.get("lineage") or {}).get("pretrained_name") or self.hparams.model)
+        return str(self.hparams.model)
+
+    def record(
+        self,
+        metrics: Mapping[str, float],
+        split: str,
+        num_samples: int,
+        hyperparameters: Mapping[str, Any] | None = None,
+        unit: str = "%",
+    ) -> None:
+        """Append one results record per metric (on the global-zero process). ``metrics`` are
+        in ``unit`` (percent for every metric flava-zoo reports); ``hyperparameters`` are
+        values the evaluation selected (e.g. the probe's L2 strength), recorded as such."""
         if num_samples < 1:
             raise ValueError(
                 f"{self.task_data().task_name} {split}: evaluated on zero samples; nothing is recorded"
@@ -216,12 +372,15 @@ class DownstreamModule(L.LightningModule):
         dm = self.task_data()
         records = make_records(
             {k: float(v) for k, v in metrics.items()},
-            model=str(self.hparams.model),
+            model=self.record_model_name(),
             model_source=self.model_source(),
             task=dm.task_name,
             split=split,
             num_samples=int(num_samples),
             config={"module": type(self).__name__, "hparams": dict(self.hparams), "data": dict(dm.hparams)},
+            unit=unit,
+            hyperparameters=dict(hyperparameters or {}),
+            lineage=self.lineage(),
         )
         if self.trainer.is_global_zero:
             append_results(self.results_path(), records)

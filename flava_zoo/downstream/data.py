@@ -40,6 +40,7 @@ import functools
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,33 @@ _VQA_HUMANS = 10
 prediction is 1 when it matches and 0 otherwise (exact match)."""
 
 
+_VQA_SPLIT_IN_NAME = re.compile(r"(test-dev|train|val|test)(\d{4})")
+"""The split of an official VQAv2 file name: ``val2014`` in ``v2_OpenEnded_mscoco_val2014_questions.json``."""
+
+
+def _test_split_name(source: str, spec: dict[str, Any]) -> str | None:
+    """What an official test split evaluates, from its dict: its ``name`` or ``split`` key,
+    else its files (VQAv2: the split in the questions file's name; Hateful Memes and SNLI-VE:
+    the jsonl file's stem, SNLI-VE's ``snli_ve_`` prefix dropped; CIFAR: ``test``, or
+    ``train`` with ``train: true``; an image folder: its folder's name); ``None`` if unknown."""
+    for key in ("name", "split"):
+        value = spec.get(key)
+        if isinstance(value, str) and value:
+            return value
+    if source == "vqav2" and spec.get("questions_json"):
+        stem = Path(str(spec["questions_json"])).stem
+        match = _VQA_SPLIT_IN_NAME.search(stem)
+        return match.group(0) if match else stem
+    if source in ("hateful_memes", "snli_ve") and spec.get("jsonl"):
+        stem = Path(str(spec["jsonl"])).stem
+        return (stem.removeprefix("snli_ve_") if source == "snli_ve" else stem) or None
+    if source in ("cifar10", "cifar100"):
+        return "train" if spec.get("train") else "test"
+    if source == "image_folder" and spec.get("root"):
+        return Path(str(spec["root"])).name or None
+    return None
+
+
 class _View(Dataset):
     """A dataset whose samples pass through ``fn`` (to the common keys)."""
 
@@ -143,6 +171,12 @@ class _Normalise:
         self.num_answers = num_answers
 
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
+        out = self._keys(s)
+        # the id a prediction file names the sample by: the official one where the source has it
+        out["id"] = s.get("question_id", s.get("id", s["index"]))
+        return out
+
+    def _keys(self, s: dict[str, Any]) -> dict[str, Any]:
         family, shapes = self.family, self.source == "shapes"
         if family == "images":
             return {"image": s["image"], "index": s["index"]}
@@ -190,7 +224,8 @@ class TaskCollator:
     Output keys, each present when the samples carry it: ``pixel_values`` ``(B, 3, H, W)``;
     ``input_ids``, ``attention_mask``, ``token_type_ids`` (a ``text_pair`` makes a sentence
     pair); ``labels`` (long, or float for a regression); ``targets`` (VQA soft scores);
-    ``answers`` (VQA human answers, a list); ``index`` (long). A sample without a label in a
+    ``answers`` (VQA human answers, a list); ``index`` (long); ``ids`` (the ids prediction
+    files name samples by: the official id where the source has one). A sample without a label in a
     split that needs labels raises ``ValueError`` naming the split and the sample.
     """
 
@@ -244,6 +279,8 @@ class TaskCollator:
             batch["answers"] = [s["answers"] for s in samples]
         if "index" in first:
             batch["index"] = torch.as_tensor([int(s["index"]) for s in samples], dtype=torch.long)
+        if "id" in first:
+            batch["ids"] = [s["id"] for s in samples]
         return batch
 
 
@@ -449,14 +486,37 @@ class TaskData(L.LightningDataModule):
         return out
 
     # -------------------------------------------------------------------- tokenizer
+    def transform_settings(self) -> dict[str, Any]:
+        """The image pipeline's settings (stored in fine-tuning checkpoints)."""
+        from ..transforms import FLAVA_MEAN, FLAVA_STD
+
+        return {"image_size": int(self.hparams.image_size), "mean": list(FLAVA_MEAN), "std": list(FLAVA_STD)}
+
     def attach_model(self, model: str, vocab_size: int | None = None) -> None:
         """Tell the data which model it feeds: an exported folder's ``vocab.txt`` becomes the
-        tokenizer. With ``vocab_size`` (the model's text vocabulary), raises when the tokenizer
-        has more tokens than the model's embedding table."""
+        tokenizer; a flava-zoo checkpoint (``.ckpt``) brings its own tokenizer and image size.
+        With ``vocab_size`` (the model's text vocabulary), raises when the tokenizer has more
+        tokens than the model's embedding table."""
+        from ..checkpoint import checkpoint_description, is_training_checkpoint
+
         path = Path(str(model))
-        self._model_folder = path if path.is_dir() and (path / "vocab.txt").is_file() else None
-        self._zoo_name = str(model) if not path.is_dir() and "." in str(model) else None
         self._tokenizer = None
+        self._model_folder = None
+        self._zoo_name = None
+        if is_training_checkpoint(path):
+            info = checkpoint_description(path)
+            if info.get("tokenizer") is not None:
+                self._tokenizer = FlavaTokenizer.from_dict(info["tokenizer"])
+                self._tokenizer_origin = f"the vocabulary stored in {path}"
+            size = (info.get("transform") or {}).get("image_size")
+            if size is not None and int(size) != int(self.hparams.image_size):
+                raise ValueError(
+                    f"checkpoint {path} was trained on {size} px images but the data gives "
+                    f"{self.hparams.image_size} px: set data image_size to {size}"
+                )
+        else:
+            self._model_folder = path if path.is_dir() and (path / "vocab.txt").is_file() else None
+            self._zoo_name = str(model) if not path.is_dir() and "." in str(model) else None
         if vocab_size is not None:
             tok = self.tokenizer
             if tok is not None and tok.vocab_size > vocab_size:
@@ -517,15 +577,36 @@ class TaskData(L.LightningDataModule):
 
     @property
     def test_split_names(self) -> list[str]:
-        """Names of the test splits (several for GLUE MNLI or a list of ``test`` dicts)."""
+        """Names of the test splits (several for GLUE MNLI or a list of ``test`` dicts), as the
+        records name them: what was evaluated.
+
+        Shapes: ``test`` or ``test_novel``. GLUE without ``test``: its dev sets (``dev``,
+        MNLI ``dev_matched`` / ``dev_mismatched``). An official ``test`` dict is named by its
+        ``name`` key, else its ``split`` key, else its files (:func:`_test_split_name`):
+        VQAv2 ``val2014`` from ``v2_OpenEnded_mscoco_val2014_questions.json``, Hateful Memes
+        ``dev_seen`` from ``dev_seen.jsonl``, SNLI-VE ``test`` from ``snli_ve_test.jsonl``,
+        CIFAR ``test``, an image folder its folder's name; else ``test`` (``test<i>`` in a
+        list). ``train`` / ``val`` become ``train_as_test`` / ``val_as_test`` (those names
+        are the training and validation splits'); repeated names get ``_1``, ``_2``, ...
+        """
         hp = self.hparams
         if self.source == "glue" and hp.test is None:
             return ["dev_matched", "dev_mismatched"] if hp.glue_task == "mnli" else ["dev"]
-        if isinstance(hp.test, list):
-            return [str(t.get("split", f"test{i}")) for i, t in enumerate(hp.test)]
-        if self.source == "shapes":
+        if self.source == "shapes" and not isinstance(hp.test, list):
             return [hp.test_split]
-        return ["test"]
+        if hp.test is None:
+            return ["test"]
+        listed = isinstance(hp.test, list)
+        names: list[str] = []
+        for i, spec in enumerate(hp.test if listed else [hp.test]):
+            name = _test_split_name(self.source, dict(spec)) or (f"test{i}" if listed else "test")
+            if name in ("train", "val"):
+                name = f"{name}_as_test"
+            base, n = name, 1
+            while name in names:
+                name, n = f"{base}_{n}", n + 1
+            names.append(name)
+        return names
 
     def _shapes_split(self, split: str) -> str:
         return self.hparams.test_split if split == "test" else split
@@ -642,6 +723,8 @@ class TaskData(L.LightningDataModule):
             kwargs.setdefault("split", split if split in ("train", "val", "test") else "test")
         if source == "vqav2" and not (split == "train" and not self.hparams.answer_vocab):
             kwargs.setdefault("answer_vocab", self.answer_vocab())
+        if source == "vqav2":
+            kwargs.setdefault("annotations_json", None)  # test-dev / test files have none
         if source not in ("glue",):
             kwargs["transform"] = transform
         accepted = set(inspect.signature(cls).parameters)
@@ -704,6 +787,9 @@ class TaskData(L.LightningDataModule):
                     self.dataset(name)
         if stage == "validate":
             self.dataset("val")
+        if stage == "predict" and self.family.name != "retrieval":
+            for name in self.test_split_names:
+                self.dataset(name)
 
     def collator(self, split: str, need_labels: bool = True) -> TaskCollator:
         """The collate function for ``split``."""
@@ -738,6 +824,15 @@ class TaskData(L.LightningDataModule):
             return self.loader(images, "test")
         names = self.test_split_names
         loaders = [self.loader(self.dataset(n), n) for n in names]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """``flava-zoo predict`` reads the test splits, which need no labels (official test
+        files carry none): one loader per test split, in :attr:`test_split_names` order."""
+        if self.family.name == "retrieval":
+            images, _, _ = self.retrieval_split("test")
+            return self.loader(images, "test", need_labels=False)
+        loaders = [self.loader(self.dataset(n), n, need_labels=False) for n in self.test_split_names]
         return loaders[0] if len(loaders) == 1 else loaders
 
 

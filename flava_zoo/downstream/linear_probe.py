@@ -5,7 +5,9 @@ Features are extracted once per (model weights, data split, feature kind) and ca
 (so it runs on CPU or GPU), its L2 strength swept on a log grid and refined around the best
 value by a few bisection rounds in log space (CLIP searched 1e-6..1e6 the same way); the
 chosen strength is refitted on train + validation and scored on the test split: top-1 and,
-where the task uses it, mean per-class accuracy.
+where the task uses it, mean per-class accuracy. :func:`probe_metrics` returns fractions;
+:class:`LinearProbe` logs and records them in percent, and records the chosen strength as a
+hyperparameter (``hyperparameters["l2"]`` of its records), not as a metric.
 
 ``flava-zoo test --config recipes/probe/shapes_classification.yaml`` runs it through
 :class:`LinearProbe`; :func:`sweep_l2` and :func:`fit_logistic_regression` work on any
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..evaluation.results import to_percent
 from .base import INPUTS, POOLINGS, DownstreamModule
 from .data import fingerprint_hash
 
@@ -116,7 +119,8 @@ def _fit(
 
 
 def probe_metrics(logits: Tensor, labels: Tensor, num_classes: int, mean_per_class: bool) -> dict[str, float]:
-    """Top-1 accuracy and (optionally) mean per-class accuracy over the classes present."""
+    """Top-1 accuracy and (optionally) mean per-class accuracy over the classes present, as
+    fractions in [0, 1] (records hold them x100)."""
     if labels.numel() == 0:
         raise ValueError("no samples to score: refusing to report accuracy of nothing")
     labels = labels.to(logits.device)
@@ -265,7 +269,14 @@ class LinearProbe(DownstreamModule):
         max_iter: L-BFGS iterations per fit.
         cache_dir: feature cache folder; default ``feature_cache`` in the run folder.
         results: results file; default ``results.jsonl`` in the run folder.
+        classifier: where ``flava-zoo test`` saves the fitted classifier and
+            ``flava-zoo predict`` reads it (safetensors); default
+            ``probe_classifier.safetensors`` in the run folder.
+        predictions: ``flava-zoo predict``'s output (JSON lines); default
+            ``predictions.jsonl`` in the run folder.
     """
+
+    evaluation_args = ("results", "predictions", "submission", "classifier")
 
     def __init__(
         self,
@@ -280,6 +291,8 @@ class LinearProbe(DownstreamModule):
         max_iter: int = 300,
         cache_dir: str | None = None,
         results: str | None = None,
+        classifier: str | None = None,
+        predictions: str | None = None,
     ) -> None:
         super().__init__(model, model_overrides)
         self.save_hyperparameters()
@@ -296,8 +309,11 @@ class LinearProbe(DownstreamModule):
         self.result: ProbeResult | None = None
 
     def setup(self, stage: str) -> None:
-        if stage != "test":
-            raise ValueError("a linear probe runs with `flava-zoo test` (features are frozen; nothing to fit by gradient)")
+        if stage not in ("test", "predict"):
+            raise ValueError(
+                "a linear probe runs with `flava-zoo test` (features are frozen; nothing to fit by "
+                "gradient), then `flava-zoo predict` with the classifier it saved"
+            )
         dm = self.task_data()
         if dm.family.name == "retrieval" or dm.is_regression or dm.family.name == "vqa":
             raise ValueError(f"a linear probe needs single-label classification, not {dm.task_name}")
@@ -382,9 +398,93 @@ class LinearProbe(DownstreamModule):
             mean_per_class=dm.mean_per_class, grid=hp.l2_grid or DEFAULT_L2_GRID,
             refine_steps=hp.refine_steps, refit_on_train_val=hp.refit_on_train_val, max_iter=hp.max_iter,
         )
-        self.log_dict({f"test/{k}": v for k, v in self.result.metrics.items()})
-        self.log("test/l2", self.result.l2)
-        self.record(self.result.metrics, split, self.result.num_test)
+        metrics = to_percent(self.result.metrics)
+        self.log_dict({f"test/{k}": v for k, v in metrics.items()})
+        # the chosen L2 strength is a selected hyperparameter, recorded as such, not a metric
+        self.record(metrics, split, self.result.num_test, hyperparameters={"l2": float(self.result.l2)}, unit="%")
+        if self.trainer.is_global_zero:
+            self.save_classifier(self.result.classifier, dm.label_names)
+
+    # -------------------------------------------------------- the classifier
+    def classifier_path(self) -> Path:
+        """``classifier`` when set, else ``probe_classifier.safetensors`` in the run folder."""
+        given = self.hparams.classifier
+        return Path(given) if given else Path(self.trainer.default_root_dir) / "probe_classifier.safetensors"
+
+    def save_classifier(self, clf: LogisticRegression, label_names: list[str]) -> Path:
+        """Write the fitted classifier (weights, standardisation, chosen L2, label set and the
+        features it reads) to :meth:`classifier_path`, atomically."""
+        import json
+        import os
+
+        from safetensors.torch import save_file
+
+        path = self.classifier_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: getattr(clf, k).detach().float().cpu().contiguous() for k in ("weight", "bias", "mean", "std")}
+        meta = {
+            "l2": json.dumps(float(clf.l2)),
+            "label_names": json.dumps(list(label_names)),
+            "features": self.kind,
+            "pooling": self.hparams.pooling,
+            "lineage": json.dumps(self.lineage()),
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def load_classifier(self) -> tuple[LogisticRegression, list[str]]:
+        """The classifier :meth:`save_classifier` wrote; an error naming the path (and the
+        command that writes it) when there is none or it reads other features."""
+        import json
+
+        from safetensors import safe_open
+
+        path = self.classifier_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no fitted probe classifier at {path}: run `flava-zoo test` with this recipe first "
+                "(it fits and saves one), or pass --model.init_args.classifier"
+            )
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in ("weight", "bias", "mean", "std")}
+        if meta.get("features") != self.kind or meta.get("pooling") != self.hparams.pooling:
+            raise ValueError(
+                f"{path} was fitted on {meta.get('features')} features pooled by {meta.get('pooling')}, "
+                f"this probe reads {self.kind} features pooled by {self.hparams.pooling}"
+            )
+        clf = LogisticRegression(**{k: v.to(self.device) for k, v in tensors.items()}, l2=json.loads(meta["l2"]))
+        return clf, json.loads(meta["label_names"])
+
+    # ------------------------------------------------------------- predict
+    def on_predict_start(self) -> None:
+        self._classifier, self._label_names = self.load_classifier()
+        dm = self.task_data()
+        if list(self._label_names) != list(dm.label_names):
+            raise ValueError(
+                f"the probe classifier was fitted on {len(self._label_names)} labels, "
+                f"{dm.task_name} has {dm.num_labels}: another label set"
+            )
+        self._predictions: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Predict with the saved classifier: one row per example (``id``, ``prediction``,
+        per-class ``scores``)."""
+        probs = self._classifier.logits(self.extract(batch)).softmax(-1).cpu()
+        split = self.task_data().test_split_names[dataloader_idx]
+        names = self._label_names
+        for ident, p in zip(batch["ids"], probs):
+            self._predictions.append({
+                "split": split, "id": ident, "prediction": names[int(p.argmax())],
+                "scores": {n: round(float(v), 6) for n, v in zip(names, p.tolist())},
+            })  # fmt: skip
+
+    def on_predict_epoch_end(self) -> None:
+        self.write_predictions(self._predictions)
+        self._predictions = []
 
     def configure_optimizers(self):  # pragma: no cover - a probe is never fitted by Lightning
         raise ValueError("a linear probe runs with `flava-zoo test`, not `fit`")

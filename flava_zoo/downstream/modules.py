@@ -23,7 +23,7 @@ from ..training.optim import param_groups, warmup_cosine
 from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
 from .data import TaskData
 
-__all__ = ["LOSSES", "FinetuneModule", "task_metrics"]
+__all__ = ["LOSSES", "FinetuneModule", "prediction_rows", "task_metrics"]
 
 LOSSES = ("cross_entropy", "bce", "mse")
 
@@ -78,6 +78,12 @@ class FinetuneModule(DownstreamModule):
         warmup_steps: linear warm-up; a cosine decay follows.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
         results: results file (JSON lines); default ``results.jsonl`` in the run folder.
+        label_names: the head's label set (filled in from the data when the module is set up).
+        predictions: ``flava-zoo predict``'s output, one JSON line per example (``split``,
+            ``id``, ``prediction``, ``scores``); default ``predictions.jsonl`` in the run folder.
+        submission: folder for the official submission files of tasks that have them
+            (VQAv2 results JSON, the GLUE server's TSVs, Hateful Memes CSV); default
+            ``submission/`` in the run folder.
     """
 
     def __init__(
@@ -100,6 +106,8 @@ class FinetuneModule(DownstreamModule):
         min_lr_ratio: float = 0.0,
         results: str | None = None,
         label_names: list[str] | None = None,
+        predictions: str | None = None,
+        submission: str | None = None,
     ) -> None:
         super().__init__(model, model_overrides)
         self.save_hyperparameters()
@@ -116,6 +124,7 @@ class FinetuneModule(DownstreamModule):
         self.test_metrics = nn.ModuleList()
         self._counts: list[int] = []
         self._test_names: list[str] = []
+        self._predictions: list[dict[str, Any]] = []
 
     def _build_head(self, inputs: str, num_classes: int) -> None:
         hp = self.hparams
@@ -139,6 +148,7 @@ class FinetuneModule(DownstreamModule):
             raise ValueError("retrieval tasks use flava_zoo.downstream.RetrievalModule, not FinetuneModule")
         if hp.inputs is not None and hp.inputs != dm.inputs:
             raise ValueError(f"{dm.task_name} reads {dm.inputs} inputs, but the module was given inputs={hp.inputs!r}")
+        self.check_restored_task(dm)
         inputs = dm.inputs
         n = dm.num_labels
         names = dm.label_names
@@ -164,21 +174,43 @@ class FinetuneModule(DownstreamModule):
         if hp.freeze_backbone:
             self.freeze_modules([self.model])
         self.val_metrics = task_metrics(dm, n)
+        if stage == "predict":
+            self._test_names = dm.test_split_names
         if stage == "test":
             self._test_names = dm.test_split_names
             self.test_metrics = nn.ModuleList(task_metrics(dm, n) for _ in self._test_names)
 
+    @classmethod
+    def init_args_from_checkpoint(cls, path: str, saved: dict[str, Any]) -> dict[str, Any]:
+        """As the base class; the head's weights are in the checkpoint, so ``itm_head_from``
+        (where the head started) is not read again."""
+        args = super().init_args_from_checkpoint(path, saved)
+        args["itm_head_from"] = None
+        return args
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the label set with the weights (checked again when testing)."""
+        """Keep the model description (see :class:`DownstreamModule`) and the label set with
+        the weights (checked again when testing)."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["label_names"] = self.hparams.label_names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose head does not fit the data's label set, naming both."""
         saved = checkpoint.get("label_names")
-        if saved is not None and self.hparams.label_names is not None and list(saved) != list(self.hparams.label_names):
+        ours = self.hparams.label_names
+        if saved is not None and ours is not None and list(saved) != list(ours):
             raise ValueError(
-                "the checkpoint's head was trained on a different label set than the data's "
-                f"(first difference at position {_first_difference(saved, self.hparams.label_names)})"
+                f"the checkpoint's head was trained on {len(saved)} labels, the data has {len(ours)}: "
+                f"a different label set (first difference at position {_first_difference(saved, ours)})"
             )
+        if self.head is not None:
+            mine = {f"head.{k}": tuple(v.shape) for k, v in self.head.state_dict().items()}
+            for key, value in checkpoint.get("state_dict", {}).items():
+                if key in mine and tuple(value.shape) != mine[key]:
+                    raise ValueError(
+                        f"the checkpoint's {key} has shape {tuple(value.shape)}, this task's head "
+                        f"{mine[key]}: the checkpoint belongs to another task or label set"
+                    )
 
     # -------------------------------------------------------------- forward
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -223,9 +255,13 @@ class FinetuneModule(DownstreamModule):
         self._update(self.val_metrics, logits, batch)
 
     def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics in percent (torchmetrics' fractions x100)."""
+        from ..evaluation.results import to_percent
+
         if self.val_metrics is None or not self.val_metrics[next(iter(self.val_metrics.keys()))].update_called:
             return
-        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True)
+        values = to_percent(self.val_metrics.compute())
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True)
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -239,16 +275,41 @@ class FinetuneModule(DownstreamModule):
         self._counts[dataloader_idx] += logits.shape[0]
 
     def on_test_epoch_end(self) -> None:
-        """Score every test split over all its samples, log, and append results records."""
+        """Score every test split over all its samples, log, and append results records, in
+        percent (torchmetrics' fractions x100: MCC and correlations too, as GLUE shows them)."""
+        from ..evaluation.results import to_percent
+
         single = len(self._test_names) == 1
         for name, metrics, count in zip(self._test_names, self.test_metrics, self._counts):
             total = gather_count(self, count)
             if total == 0:
                 raise ValueError(f"{self.task_data().task_name} {name}: the test split yielded no samples")
-            values = {k: float(v) for k, v in metrics.compute().items()}
+            values = to_percent(metrics.compute())
             prefix = "test" if single else f"test/{name}"
             self.log_dict({f"{prefix}/{k}": v for k, v in values.items()})
-            self.record(values, name, total)
+            self.record(values, name, total, unit="%")
+
+    # ------------------------------------------------------------ predict
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Collect one prediction row per example (written when the epoch ends)."""
+        rows = prediction_rows(self.task_data(), self.hparams.label_names, self(batch).float(), batch["ids"])
+        split = self._test_names[dataloader_idx]
+        for row in rows:
+            row["split"] = split
+        self._predictions.extend(rows)
+
+    def on_predict_epoch_end(self) -> None:
+        """Write the predictions file, and the official submission files where the task has them."""
+        path = self.write_predictions(self._predictions)
+        if path is not None:
+            from .submission import write_submission
+
+            write_submission(self.task_data(), self._predictions, self.submission_dir())
+        self._predictions = []
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self):
@@ -268,6 +329,38 @@ class FinetuneModule(DownstreamModule):
         total = int(total) if total != float("inf") else 100_000
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+VQA_TOP_SCORES = 5
+"""A VQA prediction row keeps the scores of its top answers only (the vocabulary is large)."""
+
+
+def prediction_rows(dm: TaskData, label_names: list[str], logits: Tensor, ids: list[Any]) -> list[dict[str, Any]]:
+    """One prediction row per example from a fine-tuned head's ``logits``: ``id``,
+    ``prediction`` (a label name, a VQA answer, or a regression value) and ``scores``
+    (per-label probabilities; for VQA the top answers' sigmoid scores; for the memes family
+    the probability of label 1 under ``proba``)."""
+    family = dm.family.name
+    rows = []
+    if dm.is_regression:
+        for i, ident in enumerate(ids):
+            rows.append({"id": ident, "prediction": float(logits[i, 0]), "scores": {}})
+        return rows
+    if family == "vqa":
+        probs = logits.sigmoid()
+        top = probs.topk(min(VQA_TOP_SCORES, probs.shape[1]), dim=1)
+        for i, ident in enumerate(ids):
+            scores = {label_names[j]: round(float(p), 6) for p, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
+            rows.append({"id": ident, "prediction": label_names[int(top.indices[i, 0])], "scores": scores})
+        return rows
+    probs = logits.softmax(-1)
+    for i, ident in enumerate(ids):
+        scores = {name: round(float(p), 6) for name, p in zip(label_names, probs[i].tolist())}
+        row = {"id": ident, "prediction": label_names[int(probs[i].argmax())], "scores": scores}
+        if family == "memes":
+            row["proba"] = float(probs[i, 1])
+        rows.append(row)
+    return rows
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:

@@ -5,6 +5,12 @@ optional re-ranking of each query's top-k by ITM score.
 ``flava-zoo fit`` then ``test`` with ``recipes/finetune/shapes_retrieval.yaml`` fine-tunes
 and evaluates; ``flava-zoo test --config recipes/zeroshot/shapes_retrieval.yaml`` evaluates
 the pretrained embeddings zero-shot.
+
+Recall is in percent. ``image_to_text_R@K`` / ``text_to_image_R@K`` always rank by embedding
+similarity; with ``itm_rerank_k`` the re-ranked recall is recorded besides, as
+``itm_rerank_image_to_text_R@K`` / ``itm_rerank_text_to_image_R@K``
+(:data:`~flava_zoo.downstream.zero_shot.RERANK_PREFIX`), with ``itm_rerank_k`` in the records'
+hyperparameters.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ..evaluation.retrieval import retrieval_recall
 from ..models.heads import ITMHead
 from ..training.optim import param_groups, warmup_cosine
 from .base import DownstreamModule, layer_decay_multipliers, load_itm_head
-from .zero_shot import _index, itm_rerank
+from .zero_shot import RERANK_PREFIX, _index, itm_rerank
 
 __all__ = ["RetrievalModule", "TOWERS"]
 
@@ -49,6 +55,10 @@ class RetrievalModule(DownstreamModule):
         text_batch_size: captions encoded at once during evaluation.
         results: results file; default ``results.jsonl`` in the run folder.
         seed: seed of the ITM negative sampler.
+        predictions: ``flava-zoo predict``'s output: per query (each image, each caption) the
+            ranked top ``predict_top_k`` of the other side with their cosine similarities;
+            default ``predictions.jsonl`` in the run folder.
+        predict_top_k: how many ranked results each query keeps.
     """
 
     def __init__(
@@ -70,6 +80,8 @@ class RetrievalModule(DownstreamModule):
         text_batch_size: int = 256,
         results: str | None = None,
         seed: int = 0,
+        predictions: str | None = None,
+        predict_top_k: int = 10,
     ) -> None:
         super().__init__(model, model_overrides)
         self.save_hyperparameters()
@@ -137,7 +149,7 @@ class RetrievalModule(DownstreamModule):
         self._val.append((img.float().cpu(), txt.float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        """Recall on the validation pairs (one caption per image)."""
+        """Recall (percent) on the validation pairs (one caption per image), by embedding."""
         if not self._val:
             return
         img = torch.cat([v[0] for v in self._val])
@@ -162,7 +174,8 @@ class RetrievalModule(DownstreamModule):
 
     @torch.no_grad()
     def on_test_epoch_end(self) -> None:
-        """R@K both ways over the whole split; optional ITM re-ranking; records."""
+        """R@K (percent) both ways over the whole split by embedding similarity, and with ITM
+        re-ranking under :data:`RERANK_PREFIX` names; log and record both."""
         dm = self.task_data()
         split = dm.test_split_names[0]
         if not self._test:
@@ -181,19 +194,66 @@ class RetrievalModule(DownstreamModule):
         enc = dm.tokenizer(texts)
         text_out = self._encode_texts(enc)
         sim = image_emb @ text_out["embedding"].T
+        metrics = retrieval_recall(sim, self.hparams.ks, text_to_image)  # percent
+        self.log_dict({f"test/{key}": v for key, v in metrics.items()})
+        self.record(metrics, split, len(texts), unit="%")
         k = self.hparams.itm_rerank_k
         if k:
             images = _Stack(torch.cat([t[2][0] for t in self._test])[order], torch.cat([t[2][1] for t in self._test])[order])
             i2t = itm_rerank(sim, k, self._match(images, text_out))
             t2i = itm_rerank(sim.T, k, lambda rows, cols: self._match(images, text_out)(cols, rows))
-            metrics = {
+            reranked = {
                 **{key: v for key, v in retrieval_recall(i2t, self.hparams.ks, text_to_image).items() if key.startswith("image_to_text")},
                 **{key: v for key, v in retrieval_recall(t2i.T, self.hparams.ks, text_to_image).items() if key.startswith("text_to_image")},
             }
-        else:
-            metrics = retrieval_recall(sim, self.hparams.ks, text_to_image)
-        self.log_dict({f"test/{key}": v for key, v in metrics.items()})
-        self.record(metrics, split, len(texts))
+            reranked = {RERANK_PREFIX + key: v for key, v in reranked.items()}
+            self.log_dict({f"test/{key}": v for key, v in reranked.items()})
+            self.record(reranked, split, len(texts), hyperparameters={"itm_rerank_k": int(k)}, unit="%")
+        self._test = []
+
+    # -------------------------------------------------------------- predict
+    @classmethod
+    def init_args_from_checkpoint(cls, path: str, saved: dict[str, Any]) -> dict[str, Any]:
+        """As the base class; a trained ITM head is in the checkpoint itself, so re-ranking
+        reads it from there."""
+        args = super().init_args_from_checkpoint(path, saved)
+        if args.get("itm_head_from") or args.get("itm_weight", 0) > 0:
+            args["itm_head_from"] = str(path)
+        return args
+
+    def on_predict_epoch_start(self) -> None:
+        self._test = []
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self.model.encode_image(batch["pixel_values"])
+        self._test.append((batch["index"].cpu(), out.embedding.float().cpu(), None))
+
+    @torch.no_grad()
+    def on_predict_epoch_end(self) -> None:
+        """Rank every caption for each image and every image for each caption by cosine
+        similarity; write the top ``predict_top_k`` of each query."""
+        dm = self.task_data()
+        split = dm.test_split_names[0]
+        index = torch.cat([t[0] for t in self._test])
+        image_emb = torch.cat([t[1] for t in self._test])
+        order = _first_occurrence(index)
+        index, image_emb = index[order], image_emb[order]
+        _, texts, _ = dm.retrieval_split("test")
+        sim = image_emb @ self._encode_texts(dm.tokenizer(texts))["embedding"].T
+        rows: list[dict[str, Any]] = []
+        for query, matrix, ids in (("image", sim, index.tolist()), ("text", sim.T, list(range(len(texts))))):
+            k = min(self.hparams.predict_top_k, matrix.shape[1])
+            top = matrix.topk(k, dim=1)
+            others = index.tolist() if query == "text" else list(range(len(texts)))
+            for row, ident in enumerate(ids):
+                entry = {"split": split, "query": query, "id": int(ident),
+                         "prediction": [int(others[j]) for j in top.indices[row].tolist()],
+                         "scores": [round(float(v), 6) for v in top.values[row].tolist()]}  # fmt: skip
+                if query == "text":
+                    entry["text"] = texts[row]
+                rows.append(entry)
+        self.write_predictions(rows)
         self._test = []
 
     def _encode_texts(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:

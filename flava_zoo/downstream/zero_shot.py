@@ -8,6 +8,11 @@ are re-ranked by the ITM head's match score, averaged over the class's prompts.
 ``flava-zoo test --config recipes/zeroshot/shapes_classification.yaml`` runs it through
 :class:`ZeroShotClassifier`; :func:`class_embeddings` and :func:`zero_shot_logits` work on
 any model with ``encode_text`` / ``encode_image``.
+
+Metrics are recorded in percent. With re-ranking, the embedding ranking's metrics keep their
+names (``accuracy``) and the re-ranked ones carry the prefix :data:`RERANK_PREFIX`
+(``itm_rerank_accuracy``), with ``itm_rerank_k`` in the records' hyperparameters; retrieval
+follows the same convention (``itm_rerank_image_to_text_R@1``).
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..evaluation.results import to_percent
 from ..models.heads import ITMHead
 from .base import DownstreamModule, gather_count, load_itm_head
 
-__all__ = ["ZeroShotClassifier", "class_embeddings", "itm_rerank", "zero_shot_logits"]
+__all__ = ["RERANK_PREFIX", "ZeroShotClassifier", "class_embeddings", "itm_rerank", "zero_shot_logits"]
+
+RERANK_PREFIX = "itm_rerank_"
+"""Prefix of the metric names of ITM re-ranked results (``itm_rerank_accuracy``,
+``itm_rerank_image_to_text_R@1``); the unprefixed names are the embedding ranking's."""
 
 
 @torch.no_grad()
@@ -91,6 +101,9 @@ class ZeroShotClassifier(DownstreamModule):
         itm_head_from: checkpoint holding the ITM head (``objective.itm_head.*`` or
             ``itm_head.*``), needed for re-ranking.
         results: results file; default ``results.jsonl`` in the run folder.
+        predictions: ``flava-zoo predict``'s output, one JSON line per image with its class
+            probabilities (softmax of the scaled cosine similarities); default
+            ``predictions.jsonl`` in the run folder.
     """
 
     def __init__(
@@ -102,6 +115,7 @@ class ZeroShotClassifier(DownstreamModule):
         itm_rerank_k: int = 0,
         itm_head_from: str | None = None,
         results: str | None = None,
+        predictions: str | None = None,
     ) -> None:
         super().__init__(model, model_overrides)
         self.save_hyperparameters()
@@ -114,11 +128,12 @@ class ZeroShotClassifier(DownstreamModule):
             self.itm_head = load_itm_head(itm_head_from, self.feature_dim("multimodal"))
         self.model.requires_grad_(False)
         self.metrics = MetricCollection({})
+        self.rerank_metrics: MetricCollection | None = None
         self._count = 0
 
     def setup(self, stage: str) -> None:
-        if stage != "test":
-            raise ValueError("zero-shot classification runs with `flava-zoo test`")
+        if stage not in ("test", "predict"):
+            raise ValueError("zero-shot classification runs with `flava-zoo test` or `flava-zoo predict`")
         dm = self.task_data()
         if dm.family.name != "image_classification":
             raise ValueError(f"zero-shot classification needs an image classification task, not {dm.task_name}")
@@ -133,7 +148,8 @@ class ZeroShotClassifier(DownstreamModule):
         metrics = {"accuracy": MulticlassAccuracy(num_classes=len(names), average="micro")}
         if dm.mean_per_class:
             metrics["mean_per_class_accuracy"] = MulticlassAccuracy(num_classes=len(names), average="macro")
-        self.metrics = MetricCollection(metrics)
+        self.metrics = MetricCollection(metrics)  # the embedding ranking
+        self.rerank_metrics = self.metrics.clone() if self.itm_head is not None else None
 
     def on_test_start(self) -> None:
         dm = self.task_data()
@@ -144,6 +160,8 @@ class ZeroShotClassifier(DownstreamModule):
         )
         self._count = 0
         self.metrics.reset()
+        if self.rerank_metrics is not None:
+            self.rerank_metrics.reset()
         if self.itm_head is not None:
             flat = [p for name in self.class_names for p in self.prompts[name]]
             enc = {k: v.to(self.device) for k, v in dm.tokenizer(flat).items()}
@@ -173,20 +191,48 @@ class ZeroShotClassifier(DownstreamModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image = self.model.encode_image(batch["pixel_values"])
         logits = zero_shot_logits(image.embedding, self.classes, self.model.scale())
-        if self.itm_head is not None:
-            logits = itm_rerank(logits, self.hparams.itm_rerank_k, self._match_scores(image))
         self.metrics.update(logits, batch["labels"])
+        if self.itm_head is not None and self.rerank_metrics is not None:
+            reranked = itm_rerank(logits, self.hparams.itm_rerank_k, self._match_scores(image))
+            self.rerank_metrics.update(reranked, batch["labels"])
         self._count += logits.shape[0]
 
     def on_test_epoch_end(self) -> None:
+        """Log and record accuracy in percent: the embedding ranking's under the plain names,
+        the ITM re-ranked one (if any) under :data:`RERANK_PREFIX` names with its ``k``."""
         dm = self.task_data()
         total = gather_count(self, self._count)
         split = dm.test_split_names[0]
         if total == 0:
             raise ValueError(f"{dm.task_name} {split}: the test split yielded no samples")
-        values = {k: float(v) for k, v in self.metrics.compute().items()}
+        values = to_percent(self.metrics.compute())
         self.log_dict({f"test/{k}": v for k, v in values.items()})
-        self.record(values, split, total)
+        self.record(values, split, total, unit="%")
+        if self.rerank_metrics is not None:
+            reranked = {RERANK_PREFIX + k: v for k, v in to_percent(self.rerank_metrics.compute()).items()}
+            self.log_dict({f"test/{k}": v for k, v in reranked.items()})
+            self.record(reranked, split, total, hyperparameters={"itm_rerank_k": int(self.hparams.itm_rerank_k)}, unit="%")
+
+    def on_predict_start(self) -> None:
+        self.on_test_start()
+        self._predictions: list[dict[str, Any]] = []
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Class scores of each image: ``prediction`` (the top class) and ``scores`` (every
+        class's probability)."""
+        image = self.model.encode_image(batch["pixel_values"])
+        probs = zero_shot_logits(image.embedding, self.classes, self.model.scale()).float().softmax(-1).cpu()
+        split = self.task_data().test_split_names[dataloader_idx]
+        for ident, p in zip(batch["ids"], probs):
+            self._predictions.append({
+                "split": split, "id": ident, "prediction": self.class_names[int(p.argmax())],
+                "scores": {n: round(float(v), 6) for n, v in zip(self.class_names, p.tolist())},
+            })  # fmt: skip
+
+    def on_predict_epoch_end(self) -> None:
+        self.write_predictions(self._predictions)
+        self._predictions = []
 
     def configure_optimizers(self):  # pragma: no cover - nothing to fit
         raise ValueError("zero-shot classification runs with `flava-zoo test`, not `fit`")
