@@ -200,10 +200,15 @@ def chance_levels(args: argparse.Namespace) -> dict[str, float]:
 
 
 def read_metrics(results: Path) -> dict[tuple[str, str], float]:
+    """``{(task, metric): value}`` in percent from a results file (the latest record wins;
+    old records without a unit are converted by ``read_results``'s rule)."""
+    from flava_zoo.evaluation.results import PERCENT, read_results
+
     out = {}
-    for line in results.read_text().splitlines():
-        r = json.loads(line)
-        out[(r["task"], r["metric"])] = r["value"]
+    for r in read_results(results):
+        if r.unit != PERCENT:
+            raise SystemExit(f"{results}: {r.task} {r.metric} is recorded in {r.unit!r}, not percent")
+        out[(r.task, r.metric)] = r.value
     return out
 
 
@@ -311,9 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         if recipe not in recipes:
             continue
         task = TASK_OF[recipe]
-        scale = 1.0 if "R@" in metric else 100.0
-        values = [metrics[c][recipe].get((task, metric)) for c in models]
-        cells = [f"{v * scale:.1f}" if v is not None else "n/a" for v in values]
+        values = [metrics[c][recipe].get((task, metric)) for c in models]  # percent
+        cells = [f"{v:.1f}" if v is not None else "n/a" for v in values]
         table.append(f"| {label} | " + " | ".join(cells) + f" | {chance[chance_key]:.1f} |")
         rows.append({"task": label, "recipe": recipe, "metric": metric,
                      **dict(zip(names, values)), "chance_percent": chance[chance_key]})  # fmt: skip

@@ -35,9 +35,10 @@ def one_thread():
 
 
 def record(model: str, task: str, metric: str, value: float, key: str = "k", when: str = "2025-01-01T00:00:00+00:00",
-           split: str = "test") -> ResultRecord:  # fmt: skip
+           split: str = "test", unit: str = "%") -> ResultRecord:  # fmt: skip
     return ResultRecord(model=model, model_source="test", task=task, split=split, metric=metric, value=value,
-                        num_samples=10, config_hash=key, package_version="0", git_commit=None, timestamp=when)  # fmt: skip
+                        num_samples=10, config_hash=key, package_version="0", git_commit=None, timestamp=when,
+                        unit=unit)  # fmt: skip
 
 
 TASKS = [
@@ -46,25 +47,25 @@ TASKS = [
     TaskSpec("glue", "language", "accuracy"),
     TaskSpec("vqa", "multimodal", "vqa_accuracy"),
     TaskSpec("memes", "multimodal", "auroc"),
-    TaskSpec("ir", "multimodal", "text_to_image_R@1", scale=1.0),
+    TaskSpec("ir", "multimodal", "text_to_image_R@1"),
 ]
 
 
 # ------------------------------------------------------------------------- aggregation
 def test_aggregation_arithmetic_on_known_records():
-    records = [
-        record("a", "probe", "accuracy", 0.5),
-        record("a", "probe2", "accuracy", 0.75),
-        record("a", "glue", "accuracy", 0.25),
-        record("a", "vqa", "vqa_accuracy", 0.5),
-        record("a", "memes", "auroc", 1.0),
-        record("a", "ir", "text_to_image_R@1", 12.0),  # recall is recorded in percent
+    records = [  # every record is in percent
+        record("a", "probe", "accuracy", 50.0),
+        record("a", "probe2", "accuracy", 75.0),
+        record("a", "glue", "accuracy", 25.0),
+        record("a", "vqa", "vqa_accuracy", 50.0),
+        record("a", "memes", "auroc", 100.0),
+        record("a", "ir", "text_to_image_R@1", 12.0),
         record("a", "ir", "text_to_image_R@5", 99.0),  # not the headline metric
-        record("b", "probe", "accuracy", 0.125),
-        record("b", "probe2", "accuracy", 0.375),
-        record("b", "glue", "accuracy", 0.5),
-        record("b", "vqa", "vqa_accuracy", 0.25),
-        record("b", "memes", "auroc", 0.5),
+        record("b", "probe", "accuracy", 12.5),
+        record("b", "probe2", "accuracy", 37.5),
+        record("b", "glue", "accuracy", 50.0),
+        record("b", "vqa", "vqa_accuracy", 25.0),
+        record("b", "memes", "auroc", 50.0),
         record("b", "ir", "text_to_image_R@1", 6.0),
     ]
     board = aggregate(records, ["a", "b"], TASKS)
@@ -82,14 +83,14 @@ def test_aggregation_arithmetic_on_known_records():
 
 def test_aggregation_keys_latest_record_and_missing_tasks():
     keys = {(m, t.name): f"{m}-{t.name}" for m in ("a", "b") for t in TASKS}
-    records = [record("a", t.name, t.metric, 0.5 if t.scale == 100 else 50.0, keys[("a", t.name)]) for t in TASKS]
+    records = [record("a", t.name, t.metric, 50.0, keys[("a", t.name)]) for t in TASKS]
     records += [
-        record("a", "probe", "accuracy", 0.9, "stale"),  # another configuration: ignored
-        record("a", "glue", "accuracy", 0.75, keys[("a", "glue")], when="2025-02-01T00:00:00+00:00"),  # newer: wins
-        record("b", "probe", "accuracy", 0.5, keys[("b", "probe")]),
-        record("b", "probe2", "accuracy", 1.0, keys[("b", "probe2")]),
-        record("b", "glue", "accuracy", 0.5, keys[("b", "glue")]),
-        record("b", "vqa", "vqa_accuracy", 0.25, keys[("b", "vqa")]),
+        record("a", "probe", "accuracy", 90.0, "stale"),  # another configuration: ignored
+        record("a", "glue", "accuracy", 75.0, keys[("a", "glue")], when="2025-02-01T00:00:00+00:00"),  # newer: wins
+        record("b", "probe", "accuracy", 50.0, keys[("b", "probe")]),
+        record("b", "probe2", "accuracy", 100.0, keys[("b", "probe2")]),
+        record("b", "glue", "accuracy", 50.0, keys[("b", "glue")]),
+        record("b", "vqa", "vqa_accuracy", 25.0, keys[("b", "vqa")]),
     ]
     board = aggregate(records, ["a", "b"], TASKS, keys, notes={("b", "memes"): "failed: no fusion"})
     assert board.scores[("a", "probe")].value == 50.0
@@ -112,9 +113,13 @@ def test_aggregation_keys_latest_record_and_missing_tasks():
     assert "| language | glue | accuracy | **75.0** | 50.0 |" in table
     assert "| multimodal | memes | auroc | 50.0 | n/a |" in table
     assert "| multimodal | *multimodal average* |  | **50.0** | 25.0* |" in table
+    other = aggregate([record("a", "probe", "accuracy", 0.5, unit="fraction")], ["a"], TASKS[:1])
+    assert other.scores[("a", "probe")].value is None  # another unit is not mixed in
+    assert "unit 'fraction'" in other.scores[("a", "probe")].note
+    assert table.splitlines()[0].startswith("| group | task | metric (%) |")
     rows = list(csv.reader(io.StringIO(to_csv(partial))))
-    assert rows[0] == ["group", "task", "metric", "split", "a", "b"]
-    assert ["multimodal", "memes", "auroc", "test", "50", ""] in rows
+    assert rows[0] == ["group", "task", "metric", "split", "unit", "a", "b"]
+    assert ["multimodal", "memes", "auroc", "test", "%", "50", ""] in rows
     assert rows[-1][:2] == ["all", "macro average"] and rows[-1][-1].endswith("*")
 
 
@@ -230,16 +235,18 @@ def test_tiny_suite_runs_resumes_and_builds(tmp_path, capsys):
     assert any("fine-tuned" in r.model_source for r in records if r.task == "entailment")
     assert all(r.model_source.endswith("export") for r in records if r.model == "pretrained" and r.task == "retrieval")
 
+    assert all(r.unit == "%" for r in records)
     md = (tmp_path / "leaderboard.md").read_text()
     assert "| language | entailment | accuracy |" in md and "*macro average*" in md and "Commit:" in md
     assert "Wall time:" in md and "Machine:" in md
     rows = list(csv.reader(io.StringIO((tmp_path / "leaderboard.csv").read_text())))
     by_task = {row[1]: row for row in rows}
     value = next(r.value for r in records if r.model == "random" and r.task == "entailment" and r.metric == "accuracy")
-    assert float(by_task["entailment"][4]) == pytest.approx(100 * value, rel=1e-5)
-    retrieval = float(by_task["retrieval"][5])
-    entail = float(by_task["entailment"][5])
-    assert float(by_task["macro average"][5]) == pytest.approx((retrieval + entail) / 2, rel=1e-5)
+    assert by_task["entailment"][4] == "%"
+    assert float(by_task["entailment"][5]) == pytest.approx(value, rel=1e-5)  # records are in percent already
+    retrieval = float(by_task["retrieval"][6])
+    entail = float(by_task["entailment"][6])
+    assert float(by_task["macro average"][6]) == pytest.approx((retrieval + entail) / 2, rel=1e-5)
 
     # a second run finds every cell finished and runs nothing
     summary = run_suite(suite)

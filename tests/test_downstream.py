@@ -31,8 +31,10 @@ TINY = [
 ]
 RECORD_FIELDS = {
     "model", "model_source", "task", "split", "metric", "value", "num_samples", "config_hash",
-    "package_version", "git_commit", "timestamp",
+    "package_version", "git_commit", "timestamp", "unit", "hyperparameters", "lineage",
 }  # fmt: skip
+COUNTED = {"accuracy", "vqa_accuracy"}
+"""Metrics that are a share of the samples: in percent, value * num_samples / 100 is a count."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,6 +62,10 @@ def check_records(path: Path, task: str, metrics: set[str], split: str = "test")
     for r in records:
         assert set(vars(r)) == RECORD_FIELDS
         assert r.num_samples > 0 and np.isfinite(r.value) and len(r.config_hash) == 12
+        assert r.unit == "%" and 0.0 <= r.value <= 100.0, (r.metric, r.value)
+        if r.metric.removeprefix("itm_rerank_") in COUNTED:  # percent, not a fraction
+            count = r.value * r.num_samples / 100
+            assert count == pytest.approx(round(count), abs=1e-4), (r.metric, r.value)
     return records
 
 
@@ -70,15 +76,21 @@ EXPECTED = {
     "shapes_memes": ("shapes/memes", {"auroc", "accuracy"}),
     "shapes_caption_entailment": ("shapes/text_classification", {"accuracy"}),
     "shapes_classification": ("shapes/image_classification", {"accuracy", "mean_per_class_accuracy"}),
-    "shapes_retrieval": (
+    "shapes_retrieval": (  # the recipe re-ranks by ITM: both rankings are recorded
         "shapes/retrieval",
-        {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)},
+        {f"{p}{d}_R@{k}" for p in ("", "itm_rerank_") for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)},
     ),
 }
 
 
 @pytest.mark.parametrize("recipe", FINETUNE, ids=lambda p: p.stem)
-def test_shapes_finetune_recipe_fits_then_tests(recipe, tmp_path):
+def test_shapes_finetune_recipe_fits_then_tests(recipe, tmp_path, monkeypatch):
+    from flava_zoo.downstream.base import DownstreamModule
+
+    logged = {}
+    real_log_dict = DownstreamModule.log_dict
+    monkeypatch.setattr(DownstreamModule, "log_dict", lambda self, values, *a, **k: logged.update(
+        {name: float(v) for name, v in values.items()}) or real_log_dict(self, values, *a, **k))  # fmt: skip
     args = fit_args(recipe, tmp_path)
     main(["fit", *args])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
@@ -86,6 +98,12 @@ def test_shapes_finetune_recipe_fits_then_tests(recipe, tmp_path):
     task, metrics = EXPECTED[recipe.stem]
     (record, *_) = check_records(tmp_path / "results.jsonl", task, metrics)
     assert "fine-tuned" in record.model_source and record.model == "flava-tiny"
+    for r in read_results(tmp_path / "results.jsonl"):
+        reranked = r.metric.startswith("itm_rerank_")
+        assert r.hyperparameters == ({"itm_rerank_k": 8} if reranked else {}), r.metric
+        assert logged[f"test/{r.metric}"] == pytest.approx(r.value)  # logged as recorded: in percent
+    val = [v for name, v in logged.items() if name.startswith("val/") and name != "val/loss"]
+    assert val and all(0.0 <= v <= 100.0 for v in val)
 
 
 def test_memes_head_starts_from_an_exported_itm_head(tmp_path):
@@ -134,6 +152,15 @@ def test_shapes_zeroshot_recipe_tests_with_itm_reranking(recipe, tmp_path):
     task = "shapes/retrieval" if "retrieval" in recipe.stem else "shapes/image_classification"
     records = read_results(results)
     assert records and all(r.task == task and r.model_source == "random init (flava-tiny)" for r in records)
+    if "retrieval" in recipe.stem:
+        plain = {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+    else:
+        plain = {"accuracy", "mean_per_class_accuracy"}
+    # the embedding ranking keeps the plain names; the ITM re-ranked results have their own
+    check_records(results, task, plain | {f"itm_rerank_{m}" for m in plain})
+    for r in records:
+        reranked = r.metric.startswith("itm_rerank_")
+        assert r.hyperparameters == ({"itm_rerank_k": 3} if reranked else {}), r.metric
 
 
 def test_linear_probe_recipe_caches_features(tmp_path, monkeypatch):
@@ -143,6 +170,10 @@ def test_linear_probe_recipe_caches_features(tmp_path, monkeypatch):
     calls = []
     real = LinearProbe.extract
     monkeypatch.setattr(LinearProbe, "extract", lambda self, batch: calls.append(1) or real(self, batch))
+    logged = {}
+    real_log = LinearProbe.log
+    monkeypatch.setattr(LinearProbe, "log", lambda self, name, value, *a, **k: logged.update({name: float(value)})
+                        or real_log(self, name, value, *a, **k))  # fmt: skip
     args = ["test", "--config", str(PROBE), *TINY, f"--trainer.default_root_dir={tmp_path}",
             "--model.init_args.max_iter=30", "--model.init_args.l2_grid=[0.01]", "--model.init_args.refine_steps=0"]  # fmt: skip
     main(args)
@@ -154,6 +185,12 @@ def test_linear_probe_recipe_caches_features(tmp_path, monkeypatch):
     assert [r.metric for r in records] == ["accuracy", "mean_per_class_accuracy"] * 2
     assert all(set(vars(r)) == RECORD_FIELDS and r.num_samples == 12 for r in records)
     assert records[0].value == records[2].value and records[0].config_hash == records[2].config_hash
+    for r in records:
+        assert r.unit == "%" and 0.0 <= r.value <= 100.0
+        # the chosen L2 strength is a selected hyperparameter, not a metric
+        assert r.hyperparameters == {"l2": 0.01}
+    assert set(logged) == {"test/accuracy", "test/mean_per_class_accuracy"}  # no test/l2
+    assert logged["test/accuracy"] == pytest.approx(records[-2].value)  # logged in percent too
 
 
 # -------------------------------------------------------------------------- linear probe
@@ -407,3 +444,113 @@ def test_layer_decay_multipliers_rise_with_depth():
     assert m["model.fusion_encoder.layers.encoder.blocks.1"] == pytest.approx(0.5**1)
     text = layer_decay_multipliers(model, 0.5, "text")
     assert text["model.text_encoder.encoder.blocks.3"] == pytest.approx(0.5) and "model.fusion_encoder" not in text
+
+
+# -------------------------------------------------------------------- names and units
+def test_test_split_names_say_what_was_evaluated():
+    from flava_zoo.downstream import TaskData
+
+    coco = {"image_dir": "data/coco/val2014"}
+    vqa = TaskData(task="vqa", source="vqav2", test={
+        "questions_json": "data/vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
+        "annotations_json": "data/vqav2/v2_mscoco_val2014_annotations.json", **coco})  # fmt: skip
+    assert vqa.test_split_names == ["val2014"]  # not "test": the val2014 annotations were evaluated
+    dev = TaskData(task="vqa", source="vqav2", test={
+        "questions_json": "v2_OpenEnded_mscoco_test-dev2015_questions.json", "annotations_json": None, **coco})  # fmt: skip
+    assert dev.test_split_names == ["test-dev2015"]
+    memes = TaskData(task="memes", source="hateful_memes", test={"jsonl": "hm/dev_seen.jsonl", "image_root": "hm"})
+    assert memes.test_split_names == ["dev_seen"]
+    ve = TaskData(task="visual_entailment", source="snli_ve", test={"jsonl": "snli_ve_test.jsonl", "image_dir": "i"})
+    assert ve.test_split_names == ["test"]
+    assert TaskData(task="image_classification", source="cifar10", test={"root": "c"}).test_split_names == ["test"]
+    imagenet = TaskData(task="image_classification", source="image_folder", test={"root": "data/imagenet/val"})
+    assert imagenet.test_split_names == ["val_as_test"]  # "val" names the validation split
+    named = TaskData(task="retrieval", source="karpathy", test={"json_path": "k.json", "image_root": "i", "split": "test"})
+    assert named.test_split_names == ["test"]
+    listed = TaskData(task="memes", source="hateful_memes", test=[
+        {"jsonl": "dev_seen.jsonl", "image_root": "hm"}, {"jsonl": "dev_unseen.jsonl", "image_root": "hm"},
+        {"jsonl": "dev_seen.jsonl", "image_root": "hm", "name": "seen_again"}, {"jsonl": "dev_seen.jsonl", "image_root": "hm"}])  # fmt: skip
+    assert listed.test_split_names == ["dev_seen", "dev_unseen", "seen_again", "dev_seen_1"]
+    glue = TaskData(task="text_classification", source="glue", glue_task="mnli")
+    assert glue.test_split_names == ["dev_matched", "dev_mismatched"]
+    assert TaskData(task="memes").test_split_names == ["test"]  # shapes keeps its own names
+    assert TaskData(task="memes", test_split="test_novel").test_split_names == ["test_novel"]
+
+
+def _glue_records(path: Path, tasks: dict[str, dict[str, float]], unit: bool = True) -> None:
+    import json
+
+    from flava_zoo.evaluation.results import append_results, make_records
+
+    for entry, metrics in tasks.items():
+        task, split = entry, "dev"
+        if entry.startswith("mnli"):
+            task, split = "mnli", "dev_" + entry.removeprefix("mnli_")
+        append_results(path, make_records(metrics, model="m", model_source="s", task=f"glue/{task}",
+                                          split=split, num_samples=10, repo=path.parent))  # fmt: skip
+    if not unit:  # as written before records stated a unit: fractions
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        for line in lines:
+            del line["unit"], line["hyperparameters"], line["lineage"]
+            line["value"] /= 100
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _all_glue(value: float = 80.0) -> dict[str, dict[str, float]]:
+    from flava_zoo.evaluation.metrics import GLUE_SCORE_TASKS
+
+    out = {t: {"accuracy": value} for t in GLUE_SCORE_TASKS}
+    out["cola"] = {"matthews_corrcoef": 50.0}
+    out["mrpc"] = {"accuracy": 80.0, "f1": 90.0}
+    out["qqp"] = {"accuracy": 90.0, "f1": 70.0}
+    out["stsb"] = {"pearson": 86.0, "spearman": 84.0}
+    return out
+
+
+def test_glue_score_with_missing_tasks_names_them_and_exits_1(tmp_path, capsys):
+    results = tmp_path / "glue.jsonl"
+    _glue_records(results, {k: v for k, v in _all_glue().items() if k in ("cola", "sst2", "mnli_matched")})
+    assert main(["glue-score", "--results", str(results)]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "7 of 10 tasks have no records" in err
+    for missing in ("mrpc", "qqp", "stsb", "mnli_mismatched", "qnli", "rte", "wnli"):
+        assert missing in err
+    assert "matthews_corrcoef 50.00" in out and "GLUE score" not in out
+    assert main(["glue-score", "--results", str(results), "--partial"]) == 0
+    assert "GLUE score 70.00 % (partial: 3 of 10 tasks)" in capsys.readouterr().out  # (50 + 80 + 80) / 3
+    assert main(["glue-score", "--results", str(tmp_path / "none.jsonl")]) == 1
+    out, err = capsys.readouterr()
+    assert "none.jsonl does not exist" in err and "Traceback" not in out + err
+
+
+def test_glue_score_is_in_percent_and_reads_old_records(tmp_path, capsys):
+    # cola 50, sst2 80, mrpc 85, qqp 80, stsb 85, mnli-m 80, mnli-mm 80, qnli 80, rte 80, wnli 80
+    expected = (50 + 80 + 85 + 80 + 85 + 80 + 80 + 80 + 80 + 80) / 10
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    _glue_records(new, _all_glue())
+    _glue_records(old, _all_glue(), unit=False)
+    for path in (new, old):
+        assert main(["glue-score", "--results", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"GLUE score {expected:.2f} %" in out and "pearson 86.00" in out
+
+
+def test_old_records_are_read_by_the_rule_in_the_leaderboard(tmp_path):
+    """Old records (no unit) are read by the rule: recall kept, everything else x100."""
+    import json
+
+    from flava_zoo.bench import aggregate
+    from flava_zoo.bench.suite import TaskSpec
+
+    lines = [
+        {"model": "m", "model_source": "s", "task": t, "split": "test", "metric": metric, "value": value,
+         "num_samples": 10, "config_hash": "k", "package_version": "0", "git_commit": None,
+         "timestamp": "2025-01-01T00:00:00+00:00"}
+        for t, metric, value in (("probe", "accuracy", 0.5), ("ir", "text_to_image_R@1", 12.0))
+    ]  # fmt: skip
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    board = aggregate(read_results(path), ["m"], [TaskSpec("probe", "vision", "accuracy"),
+                                                   TaskSpec("ir", "multimodal", "text_to_image_R@1")])  # fmt: skip
+    assert board.scores[("m", "probe")].value == 50.0 and board.scores[("m", "ir")].value == 12.0

@@ -34,6 +34,8 @@ def test_quickstart_writes_weights_and_metrics_that_reload(tmp_path, capsys):
     for name in ("model.safetensors", "heads.safetensors", "config.json", "vocab.txt", "metrics.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["unit"] == "%"  # recall and chance in percent
+    assert "(recall, %)" in printed
     for key in KEYS:
         assert isinstance(metrics[key], float) and metrics[key] >= 0, key
     assert metrics["chance_R@1"] == 100 / 40 and metrics["chance_R@5"] == 500 / 40

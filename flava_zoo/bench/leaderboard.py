@@ -1,7 +1,7 @@
 """From results records to a leaderboard: FLAVA's Table 4 layout in Markdown, CSV and a chart.
 
-Per task the headline metric of each model (scaled for display, e.g. a fraction to percent);
-a group's average is the mean of its tasks; the macro average is the mean of the group
+Per task the headline metric of each model, in percent (the unit of every record; old
+records without a unit are converted when read); a group's average is the mean of its tasks; the macro average is the mean of the group
 averages (vision, language, multimodal), as FLAVA's Table 4 computes it. An average over a
 group with a missing task is ``n/a`` unless ``partial`` is asked for, in which case it is the
 mean of the tasks present and is marked.
@@ -17,10 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.results import ResultRecord
+from ..evaluation.results import PERCENT, ResultRecord
 from .suite import GROUPS, TaskSpec
 
-__all__ = ["Average", "Leaderboard", "Score", "aggregate", "to_csv", "to_markdown_table", "write_chart"]
+__all__ = ["UNIT", "Average", "Leaderboard", "Score", "aggregate", "to_csv", "to_markdown_table", "write_chart"]
+
+UNIT = PERCENT
+"""The unit of every number of a leaderboard (and of the records it is built from)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +95,11 @@ def aggregate(
 ) -> Leaderboard:
     """Build the leaderboard of ``models`` x ``tasks`` from ``records``.
 
-    A score is the record of (model, task name, task split, task metric), times the task's
-    ``scale``; with ``keys`` only records whose ``config_hash`` is the cell's key count (older
-    configurations are ignored); when several match, the latest wins. ``notes`` explain
-    missing cells.
+    A score is the value of the record of (model, task name, task split, task metric), in
+    percent, times the task's ``scale`` (default 1); with ``keys`` only records whose
+    ``config_hash`` is the cell's key count (older configurations are ignored); when several
+    match, the latest wins. A record in another unit than ``%`` is not mixed in: its cell is
+    n/a with a note. ``notes`` explain missing cells.
     """
     latest: dict[tuple[str, str, str, str], ResultRecord] = {}
     for r in records:
@@ -111,6 +115,9 @@ def aggregate(
             if r is None:
                 note = (notes or {}).get((m, t.name), "not run")
                 scores[(m, t.name)] = Score(None, note=note)
+            elif r.unit != UNIT:
+                note = f"recorded in unit {r.unit!r}, not {UNIT!r}"
+                scores[(m, t.name)] = Score(None, r.num_samples, r, note=note)
             else:
                 scores[(m, t.name)] = Score(r.value * t.scale, r.num_samples, r)
     group_averages: dict[tuple[str, str], Average] = {}
@@ -132,9 +139,10 @@ def _fmt(value: float | None, partial: bool = False, digits: int = 1) -> str:
 
 
 def to_markdown_table(board: Leaderboard, digits: int = 1) -> str:
-    """The table: tasks as rows (grouped, with group and macro averages), models as columns;
-    the best number of each row in bold (when one model alone has it)."""
-    head = "| group | task | metric | " + " | ".join(f"`{m}`" for m in board.models) + " |"
+    """The table: tasks as rows (grouped, with group and macro averages), models as columns,
+    numbers in percent (the header says so); the best number of each row in bold (when one
+    model alone has it)."""
+    head = f"| group | task | metric ({UNIT}) | " + " | ".join(f"`{m}`" for m in board.models) + " |"
     sep = "|---|---|---|" + "---:|" * len(board.models)
     lines = [head, sep]
     for group, label, metric, kind, values, partial in board.rows():
@@ -150,15 +158,15 @@ def to_markdown_table(board: Leaderboard, digits: int = 1) -> str:
 
 
 def to_csv(board: Leaderboard) -> str:
-    """The rows of the Markdown table, unrounded (6 significant digits): an empty cell is
-    n/a, a trailing ``*`` marks a partial average."""
+    """The rows of the Markdown table, unrounded (6 significant digits), with a ``unit``
+    column (``%``): an empty cell is n/a, a trailing ``*`` marks a partial average."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["group", "task", "metric", "split", *board.models])
+    writer.writerow(["group", "task", "metric", "split", "unit", *board.models])
     splits = {t.name: t.split for t in board.tasks}
     for group, label, metric, kind, values, partial in board.rows():
         cells = ["" if v is None else f"{v:.6g}" + ("*" if p else "") for v, p in zip(values, partial)]
-        writer.writerow([group, label, metric, splits.get(label, "") if kind == "task" else "", *cells])
+        writer.writerow([group, label, metric, splits.get(label, "") if kind == "task" else "", UNIT, *cells])
     return buf.getvalue()
 
 
@@ -196,7 +204,7 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
     boundaries = [j + 0.5 for j, row in enumerate(rows[:-1]) if row[3] != "task"]
     for b in boundaries:
         ax.axvline(b, color="grey", linewidth=0.6, linestyle=":")
-    ax.set_ylabel("score (%)")
+    ax.set_ylabel(f"score ({UNIT})")
     ax.set_title(title or "leaderboard", fontsize=10)
     ax.legend(fontsize=7, ncol=min(n_models, 5), loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
     ax.grid(axis="y", alpha=0.3)

@@ -131,7 +131,9 @@ def render(
         lines += ["", suite.description]
     lines += ["", to_markdown_table(board), ""]
     lines.append(
-        "Each task shows its headline metric (in percent); a group's average is the mean of its tasks, and the "
+        "Each task shows its headline metric in percent, the unit of every record (records written before records "
+        "stated a unit are read as fractions, times 100, except R@K recall, which was in percent already); "
+        "a group's average is the mean of its tasks, and the "
         "macro average the mean of the group averages, as in FLAVA's Table 4. "
         + ("An average marked * is over the tasks that ran. " if any(a.partial for a in board.group_averages.values()) else
            "An average over a group with a missing task is n/a. ")

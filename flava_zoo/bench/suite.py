@@ -150,9 +150,11 @@ class ModelSpec:
 class TaskSpec:
     """A suite task: a downstream recipe, its overrides and the number the leaderboard shows.
 
-    ``scale`` multiplies the recorded value for display (100: a fraction becomes a percentage;
-    retrieval recall is recorded in percent already). ``requires``: paths that must exist for
-    the task to run (real datasets); a cell whose data is missing is skipped, not failed.
+    Records are in percent (their ``unit`` is ``%``; old records without a unit are converted
+    when read, see :mod:`flava_zoo.evaluation.results`), so the leaderboard shows the recorded
+    value as it is; ``scale`` (default 1) multiplies it for display and is kept for suites that
+    want another scale. ``requires``: paths that must exist for the task to run (real
+    datasets); a cell whose data is missing is skipped, not failed.
     """
 
     name: str
@@ -163,7 +165,7 @@ class TaskSpec:
     mode: str = "test"
     overrides: tuple[str, ...] = ()
     split: str = "test"
-    scale: float = 100.0
+    scale: float = 1.0
     description: str = ""
     requires: tuple[Path, ...] = ()
 
@@ -443,7 +445,7 @@ class _Reader:
             raise self.fail(f"{field}.mode", f"expected one of {list(MODES)}, got {mode!r}")
         own = self.strings(t.get("overrides", []), f"{field}.overrides")
         overrides = tuple(o.replace("{data_root}", data_root) for o in (*shared, *own))
-        scale = t.get("scale", 1.0 if "R@" in metric else 100.0)
+        scale = t.get("scale", 1.0)  # records are in percent
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
             raise self.fail(f"{field}.scale", f"expected a positive number, got {scale!r}")
         split = t.get("split", "test")

@@ -316,7 +316,10 @@ def glue_score(
     are two entries (``mnli_matched``, ``mnli_mismatched``), as they are two columns of the
     leaderboard, so ten entries are averaged; other conventions (one MNLI entry, BERT's table
     without WNLI) can be had by passing ``require_all_tasks=False`` with the entries wanted.
-    Metrics other than the official ones are ignored; values keep their scale (0-1 or 0-100).
+    Metrics other than the official ones are ignored. Values are averaged as given: pass them
+    in percent, as results records hold them (accuracy and F1 in [0, 100], Matthews
+    correlation and Pearson / Spearman times 100, as the GLUE leaderboard shows them), and the
+    score is in percent too. A missing task raises a ``ValueError`` naming every one missing.
     """
     unknown = sorted(set(results) - set(GLUE_SCORE_TASKS))
     if unknown:
@@ -358,7 +361,8 @@ def binary_auroc_and_accuracy(
     scores: Tensor, labels: Tensor, threshold: float = 0.5
 ) -> dict[str, float]:
     """AUROC and accuracy of binary ``scores`` (probabilities of class 1, or logits: values
-    outside [0, 1] go through a sigmoid, as torchmetrics does) against 0 / 1 ``labels``."""
+    outside [0, 1] go through a sigmoid, as torchmetrics does) against 0 / 1 ``labels``, as
+    fractions in [0, 1] like torchmetrics returns them (results records hold them x100)."""
     scores = torch.as_tensor(scores).float().flatten()
     labels = torch.as_tensor(labels).long().flatten()
     if scores.numel() == 0:

@@ -19,7 +19,8 @@ steps: in stage-3 runs at a held rate, zero-shot R@1 rose sharply between steps 
 1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the cosine, at the same 280
 steps and time). The output
 folder holds the final weights (``model.safetensors`` + ``config.json`` + ``vocab.txt``,
-loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``.
+loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``: recall and chance in
+percent (its ``"unit": "%"`` says so), ``num_pairs`` a count and ``seconds`` the wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,6 +37,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from ..data.datamodules import ShapesPretrainData, shapes_tokenizer
 from ..data.shapes import ShapesPairs, ShapesWorld
+from ..evaluation.results import PERCENT
 from ..evaluation.retrieval import retrieval_recall
 from ..transforms import image_transform
 from .module import FlavaPretrainModule
@@ -42,7 +45,8 @@ from .module import FlavaPretrainModule
 
 @torch.no_grad()
 def evaluate_retrieval(model, tokenizer, world: ShapesWorld, split: str, num_pairs: int, batch_size: int = 250) -> dict[str, float]:
-    """Zero-shot R@1 / R@5 in both directions on the first ``num_pairs`` pairs of ``split``."""
+    """Zero-shot R@1 / R@5 in both directions on the first ``num_pairs`` pairs of ``split``,
+    and chance, in percent; ``num_pairs`` the count."""
     model.eval()
     data = ShapesPairs(world, split, transform=image_transform(world.image_size, train=False))
     n = min(num_pairs, len(data))
@@ -97,8 +101,10 @@ def run(
     eval_pairs: int = 1000,
     progress: bool = True,
     multimodal_decay_steps: int | None = MULTIMODAL_DECAY_STEPS,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Run the three stages and the evaluation; write weights and ``metrics.json`` to ``output``.
+
+    The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``.
 
     ``lr`` is the unimodal stages' peak learning rate, ``multimodal_lr`` stage 3's.
     Stage 3 holds its peak rate after warm-up and decays over its last
@@ -147,15 +153,17 @@ def run(
     novel = evaluate_retrieval(model, tokenizer, world, "test_novel", eval_pairs)
     metrics.update({f"novel_{k}": v for k, v in novel.items() if "R@" in k and "chance" not in k})
     metrics["seconds"] = time.perf_counter() - start
+    metrics = {"unit": PERCENT, **metrics}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print_table(metrics)
     return metrics
 
 
-def print_table(metrics: dict[str, float]) -> None:
-    """Print retrieval recall against chance."""
+def print_table(metrics: dict[str, Any]) -> None:
+    """Print retrieval recall against chance, in percent."""
     n = metrics["num_pairs"]
-    print(f"\nZero-shot retrieval on {n} held-out shapes-world pairs (recall, %):")
+    unit = metrics.get("unit", PERCENT)
+    print(f"\nZero-shot retrieval on {n} held-out shapes-world pairs (recall, {unit}):")
     print(f"{'direction':<16} {'R@1':>8} {'R@5':>8} {'x chance (R@1)':>16}")
     for direction in ("image_to_text", "text_to_image"):
         r1, r5 = metrics[f"{direction}_R@1"], metrics[f"{direction}_R@5"]
@@ -163,8 +171,8 @@ def print_table(metrics: dict[str, float]) -> None:
     print(f"{'chance':<16} {metrics['chance_R@1']:>8.1f} {metrics['chance_R@5']:>8.1f}")
     if "novel_image_to_text_R@1" in metrics:
         print(
-            f"held-out colour-shape combinations: image_to_text R@1 {metrics['novel_image_to_text_R@1']:.1f}, "
-            f"text_to_image R@1 {metrics['novel_text_to_image_R@1']:.1f}"
+            f"held-out colour-shape combinations: image_to_text R@1 {metrics['novel_image_to_text_R@1']:.1f} {unit}, "
+            f"text_to_image R@1 {metrics['novel_text_to_image_R@1']:.1f} {unit}"
         )
     print(f"total time {metrics['seconds']:.0f} s")
 
