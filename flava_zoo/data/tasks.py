@@ -236,7 +236,17 @@ _MNLI_FILES = {
     "dev_mismatched": "dev_mismatched.tsv",
     "test_matched": "test_matched.tsv",
     "test_mismatched": "test_mismatched.tsv",
+    "diagnostic": "diagnostic.tsv",
 }
+GLUE_DIAGNOSTIC_DIRECTORY = "diagnostic"
+"""Where the GLUE download script puts the diagnostic set (AX, scored with the MNLI head):
+``<glue root>/diagnostic/diagnostic.tsv``, columns ``index``, ``sentence1``, ``sentence2``,
+no labels. It is MNLI's ``diagnostic`` split."""
+
+
+def _is_unlabelled_split(split: str) -> bool:
+    """GLUE test files and the diagnostic set carry no label column."""
+    return split.startswith("test") or split == "diagnostic"
 
 GLUE_TASKS: dict[str, GlueTaskSpec] = {
     spec.name: spec
@@ -299,6 +309,12 @@ class GlueTask(Dataset):
     single-sentence tasks (CoLA, SST-2); ``label`` is the class index (into
     ``spec.label_names``), the STS-B score as a float, or ``None`` in test files (which carry no
     labels).
+
+    :attr:`ids`: each row's ``index`` column (QQP's ``id``) as a string, in file order, or its
+    position where the file has neither (headerless CoLA train / dev, SST-2 train / dev);
+    ``ids[sample["index"]]`` is what a GLUE server file's ``index`` column echoes. MNLI's
+    ``diagnostic`` split is the label-less diagnostic set (AX), found at
+    ``<root>/diagnostic/diagnostic.tsv``.
     """
 
     def __init__(self, root_or_file: str | Path, task: str, split: str) -> None:
@@ -312,6 +328,7 @@ class GlueTask(Dataset):
         self.texts: list[str] = []
         self.text_pairs: list[str] | None = [] if self.spec.pair_column else None
         self.labels: list[int | float | None] = []
+        self.ids: list[str] = []
         self._read()
         _require_samples(len(self.texts), f"GLUE {task} {split} ({self.path})")
 
@@ -332,6 +349,8 @@ class GlueTask(Dataset):
             return root
         name = self.spec.files[self.split]
         candidates = [root / self.spec.directory / name, root / name]
+        if self.split == "diagnostic":
+            candidates.insert(0, root / GLUE_DIAGNOSTIC_DIRECTORY / name)
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
@@ -364,8 +383,10 @@ class GlueTask(Dataset):
 
                 text_col = column(spec.text_column)
                 pair_col = column(spec.pair_column) if spec.pair_column else None
-                labelled = spec.label_column in columns or not self.split.startswith("test")
+                labelled = spec.label_column in columns or not _is_unlabelled_split(self.split)
                 label_col = column(spec.label_column) if labelled else None
+                # test files number their rows in "index" (QQP: "id"); the submission echoes it
+                id_col = columns.get("index", columns.get("id")) if header_line else None
                 for row in rows:
                     line = reader.line_num
                     if not row:  # a blank line
@@ -376,6 +397,7 @@ class GlueTask(Dataset):
                             f"expected {len(header)} tab-separated fields ({header}), found {len(row)}",
                             line=line,
                         )
+                    self.ids.append(row[id_col] if id_col is not None else str(len(self.texts)))
                     self.texts.append(row[text_col])
                     if self.text_pairs is not None and pair_col is not None:
                         self.text_pairs.append(row[pair_col])
@@ -897,6 +919,22 @@ class HatefulMemes(_ImageDataset):
                     )
             self._samples.append((meme_id, img, text, label))
         _require_samples(len(self._samples), f"Hateful Memes {self.path}")
+
+    @property
+    def ids(self) -> list[int | str]:
+        """The memes' ``id`` fields in file order (``ids[sample["index"]]``), as the challenge's
+        submission CSV names them; read without opening any image."""
+        return [meme_id for meme_id, _, _, _ in self._samples]
+
+    @property
+    def labels(self) -> list[int | None]:
+        """The memes' labels in file order (1 hateful, 0 not; ``None`` in unlabelled files)."""
+        return [label for _, _, _, label in self._samples]
+
+    @property
+    def is_labelled(self) -> bool:
+        """Whether the file carries labels (``test_seen`` / ``test_unseen`` do not)."""
+        return self._samples[0][3] is not None
 
     def __len__(self) -> int:
         return len(self._samples)
