@@ -261,11 +261,16 @@ def read_manifest(
     from .data.sources import PairManifest
 
     manifest = PairManifest(path, image_root=image_root, captions="first", **kwargs)
+    bad = getattr(manifest, "_bad", {})  # rows the reader kept as bad samples (not UTF-8)
     images, texts = [], []
-    for row, (image, captions, line) in enumerate(
+    for position, (image, captions, line) in enumerate(
         zip(manifest._images, manifest._captions, manifest._lines)
     ):
         source = f"{manifest.path.name}:{line}"
+        if position in bad:
+            warnings.warn(f"{source}: skipped: {bad[position]}", stacklevel=2)
+            continue
+        row = len(images)
         images.append(ImageItem(source, manifest.image_root / image))
         texts += [TextItem(source, c, row) for c in captions if c]
     return images, texts

@@ -118,6 +118,24 @@ def test_embed_manifest_as_npy(tmp_path: Path, export: Path, images: Path) -> No
     ]  # fmt: skip
 
 
+def test_embed_skips_an_unreadable_image_unless_strict(
+    tmp_path: Path, export: Path, images: Path, capsys
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "good.png").write_bytes((images / "a.png").read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    args = ["embed", "--model", str(export), "--images", str(folder), "--device", "cpu", "--quiet"]
+    with pytest.warns(UserWarning, match="broken.png: skipped: cannot read image"):
+        assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert "1 unreadable images skipped" in capsys.readouterr().out
+    assert load_file(tmp_path / "out/embeddings.safetensors")["image"].shape == (1, 128)
+    index = [json.loads(line) for line in (tmp_path / "out/index.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["id"]) for r in index] == [(0, "good.png")]
+    assert main([*args, "--out", str(tmp_path / "strict"), "--strict"]) == 1
+    assert "broken.png: cannot read image" in capsys.readouterr().err
+
+
 def test_embed_usage_errors(tmp_path: Path, export: Path, images: Path, capsys) -> None:
     assert main(["embed", "--model", str(export), "--out", str(tmp_path / "x")]) == 2
     assert main(["embed", "--model", "flava-tiny", "--captions", str(tmp_path / "missing.txt"),
