@@ -92,6 +92,27 @@ def glue_score(argv: list[str]) -> int:
     return glue_score_main(argv)
 
 
+def evaluate_predictions(argv: list[str]) -> int:
+    """Score a predictions JSONL or an official submission file against annotations."""
+    from .evaluation.cli import main as evaluate_main
+
+    return evaluate_main(argv)
+
+
+def embed(argv: list[str]) -> int:
+    """Images and / or captions to normalised contrastive embeddings plus an index."""
+    from .inference import embed_main
+
+    return embed_main(argv)
+
+
+def score(argv: list[str]) -> int:
+    """Image-caption pairs to contrastive cosine and ITM probability."""
+    from .inference import score_main
+
+    return score_main(argv)
+
+
 COMMANDS = {
     "fit": lightning,
     "validate": lightning,
@@ -102,6 +123,9 @@ COMMANDS = {
     "zoo": zoo,
     "bench": bench,
     "glue-score": glue_score,
+    "evaluate-predictions": evaluate_predictions,
+    "embed": embed,
+    "score": score,
 }
 
 

@@ -121,7 +121,8 @@ def _tokenizer(tmp_path: Path) -> Path:
 def official(recipe: str, tmp_path: Path, *data: str) -> list[str]:
     return [*fit_args(RECIPES / "finetune" / recipe, tmp_path), *QUIET, "--model.init_args.model=flava-tiny",
             f"--data.init_args.tokenizer={_tokenizer(tmp_path)}", "--data.init_args.image_size=64",
-            "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", *data]  # fmt: skip
+            "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.max_length=32",
+            *data]  # fmt: skip
 
 
 def test_glue_predict_writes_the_server_tsv(tmp_path):
@@ -132,14 +133,14 @@ def test_glue_predict_writes_the_server_tsv(tmp_path):
     body = "".join(f"{i}\t{a}\t{b}\t{c}\n" for i, (a, b, c) in enumerate(pairs))
     (glue / "train.tsv").write_text(header + body)
     (glue / "dev.tsv").write_text(header + body)
-    (glue / "test.tsv").write_text("index\tsentence1\tsentence2\n0\tthe cat\tthe dog\n1\tit rains\tit is dry\n2\ta\tb\n")
+    (glue / "test.tsv").write_text("index\tsentence1\tsentence2\n10\tthe cat\tthe dog\n11\tit rains\tit is dry\n12\ta\tb\n")
     args = official("glue_rte.yaml", tmp_path, f"--data.init_args.train={{root_or_file: {tmp_path / 'glue'}}}")
     assert main(["fit", *args]) == 0
     test = f"--data.init_args.test={{root_or_file: {tmp_path / 'glue'}, split: test}}"
     assert main(["predict", *args, test, "--ckpt_path", "last"]) == 0
     lines = (tmp_path / "submission" / "RTE.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 4
-    assert [line.split("\t")[0] for line in lines[1:]] == ["0", "1", "2"]
+    assert [line.split("\t")[0] for line in lines[1:]] == ["10", "11", "12"]  # the file's own index
     assert all(line.split("\t")[1] in ("entailment", "not_entailment") for line in lines[1:])
 
 

@@ -70,7 +70,8 @@ def write_submission(dm: TaskData, rows: list[dict[str, Any]], out_dir: str | Pa
                     file=sys.stderr,
                 )
                 continue
-            values = {row["id"]: row["prediction"] for row in part}
+            # rows are named by position; the server file echoes the test file's own index
+            values = {raw.ids[int(row["id"])]: row["prediction"] for row in part}
             written.append(sub.write_glue_submission(name, values, raw, out_dir, overwrite=True))
         else:
             probs = {row["id"]: (row["proba"], row["prediction"]) for row in part}
