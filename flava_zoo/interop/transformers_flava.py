@@ -10,13 +10,18 @@ pretraining heads and of the DALL-E codebook are returned apart, under transform
 
 The key mapping needs only torch. Nothing here imports transformers: a transformers config
 is read through its ``to_dict()``, a model through its ``state_dict()`` and ``config``.
+:func:`convert_transformers_flava_checkpoint` writes a whole checkpoint (backbone, heads
+mapped by :mod:`flava_zoo.interop.heads`, codebook) as a flava-zoo export folder.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,7 +140,7 @@ class ConvertedState:
     ``model``: our :class:`FlavaModel` keys, loadable with ``strict=True``. ``heads``: the
     pretraining-head and codebook tensors (``mlm_head.decoder.weight``,
     ``image_codebook.blocks.input.weight``, ...) under transformers' names, ``flava.`` prefix
-    removed. ``ignored``: the input keys dropped (tower poolers, index buffers). ``filled``:
+    removed; :func:`flava_zoo.interop.convert_transformers_flava_heads` maps them to ours. ``ignored``: the input keys dropped (tower poolers, index buffers). ``filled``:
     our keys absent from the input and set to zeros (only ``image_encoder.mask_token``, for
     transformers image configs with ``mask_token=False``).
     """
@@ -372,3 +377,85 @@ def load_transformers_flava(
     weights = {k: v.detach().to(dtype=dtypes[k], copy=True) for k, v in converted.model.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     return model
+
+
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+"""The single-file weights transformers' ``save_pretrained`` writes (safetensors first)."""
+TRANSFORMERS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def read_transformers_checkpoint(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict and config dict of a folder written by transformers' ``save_pretrained``
+    (``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``, or their sharded
+    form with an index). Pickles are read without running code
+    (:func:`flava_zoo.weights.load_state_dict_file`); nothing is downloaded."""
+    from ..weights import load_state_dict_file
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: not a transformers checkpoint folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    for name in TRANSFORMERS_WEIGHTS:
+        if (folder / name).is_file():
+            return load_state_dict_file(folder / name), config
+    for name in TRANSFORMERS_INDEXES:
+        index = folder / name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            state: dict[str, Tensor] = {}
+            for shard in shards:
+                state.update(load_state_dict_file(folder / shard))
+            return state, config
+    raise FileNotFoundError(
+        f"{folder} holds none of {list(TRANSFORMERS_WEIGHTS + TRANSFORMERS_INDEXES)}"
+    )
+
+
+def convert_transformers_flava_checkpoint(
+    source: Any,
+    directory: str | Path,
+    *,
+    heads: list[str] | None = None,
+    mim_target: str | None = None,
+    **overrides: Any,
+) -> Path:
+    """Convert a transformers FLAVA checkpoint into a flava-zoo export folder.
+
+    ``source``: a folder written by transformers' ``save_pretrained`` (see
+    :func:`read_transformers_checkpoint`), or a ``FlavaForPreTraining`` / ``FlavaModel``.
+    The folder gets our backbone (``model.safetensors``), the pretraining heads as
+    ``heads.safetensors`` under our names (see :mod:`flava_zoo.interop.heads`), the DALL-E
+    codebook as ``codebook.safetensors`` and, when the source folder has a ``vocab.txt``,
+    the tokenizer. ``heads`` picks heads (default: all the source has that the config can
+    hold). ``mim_target``: default ``codebook`` when MIM / MMM-image heads are converted
+    (their output is the image vocabulary), else the config's; ``pixels`` leaves those two
+    heads out. ``overrides`` change config fields that leave shapes alone. Raises
+    ``ValueError`` for what does not map (a head's shapes, both named). Returns the folder.
+    """
+    from .heads import convert_transformers_flava_heads, resolve_mim_target, save_converted
+
+    if isinstance(source, (str, os.PathLike)):
+        state, hf_config = read_transformers_checkpoint(source)
+        origin = str(Path(source).resolve())
+    else:
+        state, hf_config = source.state_dict(), source.config
+        origin = f"a transformers {type(source).__name__} object"
+    config = config_from_transformers(hf_config, **overrides)
+    converted = convert_transformers_flava_state_dict(state, config)
+    config = resolve_mim_target(config, converted.heads, heads, mim_target)
+    converted_heads = convert_transformers_flava_heads(converted.heads, config, heads)
+    metadata = {
+        "converted_from": {"format": "transformers", "source": origin},
+        "ignored": converted.ignored + converted_heads.ignored,
+        "filled": converted.filled,
+    }
+    path = save_converted(directory, config, converted.model, converted_heads, metadata)
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / "vocab.txt").is_file():
+        from ..tokenizer import FlavaTokenizer
+
+        FlavaTokenizer.from_pretrained(source).save(path)
+    return path

@@ -4,7 +4,9 @@
 :func:`flava_zoo.interop.convert_transformers_flava_state_dict`. ``torchmultimodal``: its
 ``FLAVAModel`` / ``FLAVAForPreTraining`` keys are first renamed to transformers' layout (the
 two are the same architecture module for module; see :data:`TORCHMULTIMODAL_RENAMES`), then
-converted the same way. Every weights file is read by
+converted the same way; its heads likewise (:data:`TORCHMULTIMODAL_HEAD_MODULES`).
+:func:`export_weights` and :func:`export_torchmultimodal_flava` write a converted checkpoint,
+heads under our names, as a flava-zoo export folder. Every weights file is read by
 :func:`flava_zoo.weights.load_state_dict_file`, which refuses pickles that would run code.
 """
 
@@ -63,6 +65,27 @@ TORCHMULTIMODAL_RENAMES = {
 }
 """Keys renamed outright; others keep their name under the tower's new prefix."""
 TORCHMULTIMODAL_HEADS = ("loss.", "image_codebook.")
+# torchmultimodal's FLAVAPretrainingLoss (modules/losses/flava.py) and codebook -> transformers'
+# FlavaForPreTraining heads. Each MaskedPredictionLoss holds a MaskedPredictionHead ``cls``
+# (dense, layer_norm, decoder, a bias tied to decoder.bias); ITMLoss a pooler and ``cls``
+# (TwoWayHead: seq_relationship); DalleVAEEncoder wraps the DALL-E encoder as ``encoder``.
+TORCHMULTIMODAL_HEAD_MODULES = {
+    "loss.mlm_loss.cls.": "mlm_head.",
+    "loss.mim_loss.cls.": "mim_head.",
+    "loss.mmm_loss.mlm.cls.": "mmm_text_head.",
+    "loss.mmm_loss.mim.cls.": "mmm_image_head.",
+    "loss.itm_loss.pooler.": "itm_head.pooler.",
+    "loss.itm_loss.cls.seq_relationship.": "itm_head.seq_relationship.",
+    "image_codebook.encoder.": "image_codebook.",
+}
+TORCHMULTIMODAL_HEAD_PARTS = {
+    "dense.": "transform.dense.",
+    "layer_norm.": "transform.LayerNorm.",
+    "decoder.": "decoder.",
+}
+TORCHMULTIMODAL_HEAD_EPS = 1e-5
+"""The LayerNorm epsilon of torchmultimodal's masked-prediction heads (FLAVAPretrainingLoss's
+default, which flava_model_for_pretraining keeps); a state dict does not record it."""
 _TMM_LAYER_KEY = re.compile(
     r"^(image_encoder|text_encoder|mm_encoder)\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$"
 )
@@ -125,6 +148,43 @@ def torchmultimodal_to_transformers(
             f"{len(unknown)} key(s) are not part of torchmultimodal's FLAVA layout: {unknown[:5]}{more}"
         )
     return backbone, heads
+
+
+def torchmultimodal_heads_to_transformers(heads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename torchmultimodal FLAVA heads (the ``heads`` of
+    :func:`torchmultimodal_to_transformers`: ``loss.*`` and ``image_codebook.*``) to
+    transformers' ``FlavaForPreTraining`` names, for
+    :func:`flava_zoo.interop.convert_transformers_flava_heads`. Raises ``ValueError`` listing
+    keys outside that layout."""
+    out: dict[str, Tensor] = {}
+    unknown: list[str] = []
+    for key, tensor in heads.items():
+        new_key = _torchmultimodal_head_key(key)
+        if new_key is None:
+            unknown.append(key)
+        else:
+            out[new_key] = tensor
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} key(s) are not part of torchmultimodal's FLAVA heads: {unknown[:5]}"
+        )
+    return out
+
+
+def _torchmultimodal_head_key(key: str) -> str | None:
+    for old, new in TORCHMULTIMODAL_HEAD_MODULES.items():
+        if not key.startswith(old):
+            continue
+        rest = key[len(old) :]
+        if new.endswith("_head."):  # inside a masked-prediction head, parts are renamed too
+            if rest == "bias":
+                return new + rest
+            for part, renamed in TORCHMULTIMODAL_HEAD_PARTS.items():
+                if rest.startswith(part):
+                    return new + renamed + rest[len(part) :]
+            return None
+        return new + rest
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -198,4 +258,107 @@ def convert(entry: ZooEntry, paths: Mapping[str, Path], **overrides: Any) -> Pre
     return PretrainedWeights(entry, config, state, heads, ignored, filled)
 
 
-__all__ = ["PretrainedWeights", "convert", "entry_config", "torchmultimodal_to_transformers"]
+def _export(
+    directory: str | Path,
+    fmt: str,
+    origin: str,
+    config: FlavaConfig,
+    state_dict: Mapping[str, Tensor],
+    source_heads: Mapping[str, Tensor],
+    ignored: list[str],
+    filled: list[str],
+    heads: list[str] | None,
+    mim_target: str | None,
+) -> Path:
+    from ..interop.heads import (
+        MASKED_HEADS,
+        ConvertedHeads,
+        convert_transformers_flava_heads,
+        resolve_mim_target,
+        save_converted,
+    )
+
+    if fmt == "flava-zoo":  # already our names and our config
+        wanted = set(heads) if heads is not None else None
+        converted = ConvertedHeads(
+            heads={k: v for k, v in source_heads.items() if wanted is None or k.split(".", 1)[0] in wanted}
+        )
+    else:
+        eps = None
+        if fmt == "torchmultimodal":
+            source_heads = torchmultimodal_heads_to_transformers(source_heads)
+            eps = dict.fromkeys(MASKED_HEADS, TORCHMULTIMODAL_HEAD_EPS)
+        config = resolve_mim_target(config, source_heads, heads, mim_target)
+        converted = convert_transformers_flava_heads(source_heads, config, heads, eps)
+    metadata = {
+        "converted_from": {"format": fmt, "source": origin},
+        "ignored": list(ignored) + converted.ignored,
+        "filled": list(filled),
+    }
+    return save_converted(directory, config, state_dict, converted, metadata)
+
+
+def export_weights(
+    weights: PretrainedWeights,
+    directory: str | Path,
+    *,
+    heads: list[str] | None = None,
+    mim_target: str | None = None,
+) -> Path:
+    """Write converted zoo weights (:func:`flava_zoo.zoo.load_weights`) as a flava-zoo export.
+
+    The folder holds the backbone, the pretraining heads in ``heads.safetensors`` under our
+    names (transformers' and torchmultimodal's mapped as :mod:`flava_zoo.interop.heads`
+    describes) and the DALL-E codebook as ``codebook.safetensors``, as a pretraining
+    export does; :func:`~flava_zoo.create_model`, ``itm_head_from`` and
+    ``FlavaPretrainModule(init_from=...)`` read it and ``flava-zoo zoo publish`` ships it.
+    ``heads`` and ``mim_target`` are as for
+    :func:`~flava_zoo.interop.convert_transformers_flava_checkpoint`. Returns the folder.
+    """
+    entry = weights.entry
+    return _export(
+        directory, entry.format, entry.name, weights.config, weights.state_dict, weights.heads,
+        weights.ignored, weights.filled, heads, mim_target,
+    )  # fmt: skip
+
+
+def export_torchmultimodal_flava(
+    source: str | Path | Mapping[str, Tensor],
+    config: FlavaConfig,
+    directory: str | Path,
+    *,
+    heads: list[str] | None = None,
+    mim_target: str | None = None,
+) -> Path:
+    """Convert a torchmultimodal FLAVA checkpoint (a ``FLAVAForPreTraining`` /
+    ``FLAVAModel`` state dict, or a file of one) into a flava-zoo export folder, as
+    :func:`export_weights` does; torchmultimodal saves no config, so ``config`` gives ours.
+    A ``FLAVAModel`` file has no logit scale: it is filled from the config."""
+    from ..interop import convert_transformers_flava_state_dict
+
+    if isinstance(source, Mapping):
+        raw, origin = dict(source), "a torchmultimodal state dict"
+    else:
+        raw, origin = load_state_dict_file(source), str(Path(source).resolve())
+    backbone, source_heads = torchmultimodal_to_transformers(raw)
+    filled = []
+    if "logit_scale" not in backbone:
+        backbone["logit_scale"] = torch.tensor(float(config.logit_scale_init))
+        filled.append("logit_scale")
+    converted = convert_transformers_flava_state_dict(backbone, config)
+    return _export(
+        directory, "torchmultimodal", origin, config, converted.model, source_heads,
+        converted.ignored, filled + converted.filled, heads, mim_target,
+    )  # fmt: skip
+
+
+__all__ = [
+    "TORCHMULTIMODAL_HEAD_EPS",
+    "PretrainedWeights",
+    "convert",
+    "entry_config",
+    "export_torchmultimodal_flava",
+    "export_weights",
+    "torchmultimodal_heads_to_transformers",
+    "torchmultimodal_to_transformers",
+]
