@@ -151,6 +151,10 @@ class FlavaConfig:
     or ``codebook`` (tokens of a user-supplied dVAE, as FLAVA's DALL-E targets)."""
     codebook_size: int = 8192
     """Vocabulary of the image tokenizer when ``mim_target == "codebook"``."""
+    head_layer_norm_eps: float | None = None
+    """LayerNorm epsilon of the masked-prediction heads (MIM, MLM, MMM); ``None``: each head
+    takes its tower's (MIM, MLM) or the fusion encoder's (MMM). Converted torchmultimodal
+    checkpoints set 1e-5, its heads' fixed value, which no weights file records."""
     gradient_checkpointing: bool = False
     """Recompute each transformer block in the backward pass to save activation memory."""
 
@@ -166,6 +170,8 @@ class FlavaConfig:
         if self.mim_target not in MIM_TARGETS:
             raise ValueError(f"mim_target must be one of {MIM_TARGETS}, got {self.mim_target!r}")
         _check_positive("config", projection_dim=self.projection_dim, codebook_size=self.codebook_size)
+        if self.head_layer_norm_eps is not None and not self.head_layer_norm_eps > 0:
+            raise ValueError(f"head_layer_norm_eps must be positive or null, got {self.head_layer_norm_eps}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable nested dict; ``FlavaConfig.from_dict`` inverts it."""

@@ -175,11 +175,12 @@ def check_head_shapes(
 def _eps_notes(
     config: FlavaConfig, names: Iterable[str], source_eps: Mapping[str, float]
 ) -> list[str]:
+    head = config.head_layer_norm_eps
     ours = {
-        "mim_head": config.image.layer_norm_eps,
-        "mlm_head": config.text.layer_norm_eps,
-        "mmm_image_head": config.multimodal.layer_norm_eps,
-        "mmm_text_head": config.multimodal.layer_norm_eps,
+        "mim_head": head or config.image.layer_norm_eps,
+        "mlm_head": head or config.text.layer_norm_eps,
+        "mmm_image_head": head or config.multimodal.layer_norm_eps,
+        "mmm_text_head": head or config.multimodal.layer_norm_eps,
     }
     return [
         f"{name}: LayerNorm eps {source_eps[name]:g} in the source, {ours[name]:g} here "

@@ -102,10 +102,11 @@ class FlavaForPretraining(nn.Module):
         else:
             image_out = cfg.image.patch_size**2 * cfg.image.num_channels
         self.image_tokenizer = image_tokenizer
-        self.mim_head = MaskedPredictionHead(cfg.image.hidden_size, image_out, cfg.image.layer_norm_eps)
-        self.mlm_head = MaskedPredictionHead(cfg.text.hidden_size, cfg.text.vocab_size, cfg.text.layer_norm_eps)
+        head_eps = cfg.head_layer_norm_eps
+        self.mim_head = MaskedPredictionHead(cfg.image.hidden_size, image_out, head_eps or cfg.image.layer_norm_eps)
+        self.mlm_head = MaskedPredictionHead(cfg.text.hidden_size, cfg.text.vocab_size, head_eps or cfg.text.layer_norm_eps)
         if model.fusion_encoder is not None:
-            d, eps = cfg.multimodal.hidden_size, cfg.multimodal.layer_norm_eps
+            d, eps = cfg.multimodal.hidden_size, head_eps or cfg.multimodal.layer_norm_eps
             self.itm_head = ITMHead(d)
             self.mmm_image_head = MaskedPredictionHead(d, image_out, eps)
             self.mmm_text_head = MaskedPredictionHead(d, cfg.text.vocab_size, eps)

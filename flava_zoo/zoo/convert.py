@@ -288,6 +288,7 @@ def _export(
         if fmt == "torchmultimodal":
             source_heads = torchmultimodal_heads_to_transformers(source_heads)
             eps = dict.fromkeys(MASKED_HEADS, TORCHMULTIMODAL_HEAD_EPS)
+            config = config.replace(head_layer_norm_eps=TORCHMULTIMODAL_HEAD_EPS)  # carried, not only noted
         config = resolve_mim_target(config, source_heads, heads, mim_target)
         converted = convert_transformers_flava_heads(source_heads, config, heads, eps)
     metadata = {
