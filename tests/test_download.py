@@ -32,6 +32,7 @@ from flava_zoo.zoo.download import (
 
 dl = importlib.import_module("flava_zoo.zoo.download")  # the module, not zoo.download()
 PAYLOAD = bytes(range(256)) * 1200  # 300 KiB
+PICKLED = b"\x80\x02" + PAYLOAD  # passes the first-use check of a .bin (a pickle's protocol byte)
 
 
 def sha(data: bytes) -> str:
@@ -274,18 +275,19 @@ def test_offline_never_touches_the_network(server, monkeypatch):
 
 
 def test_trust_on_first_use(server, cache_home):
-    url = put(server, "tofu.bin")
+    url = put(server, "tofu.bin", PICKLED)
     spec = FileSpec(url=url)  # the registry knows no digest
     path = download(spec, progress=False)
     trust = json.loads((cache_home / "trust.json").read_text())
-    assert trust[url]["sha256"] == sha(PAYLOAD)
+    assert trust[url]["sha256"] == sha(PICKLED)
     assert verify(spec).status == "ok"
     # The file changes upstream; a fresh download is checked against the first digest.
     path.unlink()
-    put(server, "tofu.bin", PAYLOAD[::-1])
+    changed = b"\x80\x02" + PAYLOAD[::-1]
+    put(server, "tofu.bin", changed)
     with pytest.raises(ChecksumError, match="recorded at first download") as err:
         download(spec, progress=False)
-    assert sha(PAYLOAD) in str(err.value) and sha(PAYLOAD[::-1]) in str(err.value)
+    assert sha(PICKLED) in str(err.value) and sha(changed) in str(err.value)
     assert not path.exists()
 
 
@@ -390,8 +392,8 @@ def write_registry(tmp_path: Path, url: str, sha256: str | None) -> Path:
 
 @pytest.mark.parametrize("pinned", [True, False], ids=["registry-digest", "first-use"])
 def test_verify_catches_a_corrupted_cache(server, tmp_path, capsys, pinned):
-    url = put(server, "v.bin")
-    registry = write_registry(tmp_path, url, sha(PAYLOAD) if pinned else None)
+    url = put(server, "v.bin", PICKLED)
+    registry = write_registry(tmp_path, url, sha(PICKLED) if pinned else None)
     assert (
         zoo_main(["--registry", str(registry), "download", "flava-tiny.dl", "--no-progress"]) == 0
     )
@@ -404,11 +406,11 @@ def test_verify_catches_a_corrupted_cache(server, tmp_path, capsys, pinned):
     assert zoo_main(["--registry", str(registry), "verify"]) == 1
     err = capsys.readouterr().err
     assert (
-        "CORRUPTED" in err and str(path) in err and sha(PAYLOAD) in err and sha(bytes(data)) in err
+        "CORRUPTED" in err and str(path) in err and sha(PICKLED) in err and sha(bytes(data)) in err
     )
     # Loading notices too: the file changed since its last check, so it is hashed again.
     with pytest.raises(ChecksumError, match="corrupted"):
-        download(FileSpec(url=url, sha256=sha(PAYLOAD) if pinned else None), progress=False)
+        download(FileSpec(url=url, sha256=sha(PICKLED) if pinned else None), progress=False)
     # --force fetches a good copy again.
     assert (
         zoo_main(
@@ -416,7 +418,7 @@ def test_verify_catches_a_corrupted_cache(server, tmp_path, capsys, pinned):
         )
         == 0
     )
-    assert path.read_bytes() == PAYLOAD
+    assert path.read_bytes() == PICKLED
 
 
 def test_file_spec_validation():

@@ -24,6 +24,7 @@ import torch
 from .convert import PretrainedWeights, convert, torchmultimodal_to_transformers
 from .download import (
     ChecksumError,
+    ContentError,
     DownloadError,
     FileSpec,
     OfflineError,
@@ -31,13 +32,23 @@ from .download import (
     cache_path,
     home,
     is_offline,
+    kind_of,
 )
 from .download import download as download_file
+from .download import forget as forget_file
 from .download import verify as verify_file
 from .publish import publish
 from .registry import FORMATS, Registry, ZooEntry, env_sources, read_registry
 
 _REGISTRY: Registry | None = None
+ROLE_KINDS = {"weights": "weights", "heads": "weights", "vocab": "text", "config": "json"}
+"""What each file role must be (:func:`flava_zoo.zoo.download.content_problem`) before the
+digest of its first download is recorded; other roles go by the file's suffix."""
+
+
+def role_kind(role: str, spec: FileSpec) -> str | None:
+    """The content kind a file of ``role`` is checked as (by its suffix for unknown roles)."""
+    return ROLE_KINDS.get(role) or kind_of(spec.name)
 
 
 def registry() -> Registry:
@@ -86,7 +97,13 @@ def download(
     if missing:
         raise ValueError(f"{entry.name} has no file(s) {missing}; it has {sorted(entry.files)}")
     return {
-        role: download_file(entry.files[role], force=force, progress=progress, root=root)
+        role: download_file(
+            entry.files[role],
+            force=force,
+            progress=progress,
+            root=root,
+            kind=role_kind(role, entry.files[role]),
+        )
         for role in wanted
     }
 
@@ -94,7 +111,46 @@ def download(
 def verify(name: str, *, root: str | os.PathLike | None = None) -> dict[str, VerifyResult]:
     """Hash every cached file of ``name`` in full against its expected digest (never downloads)."""
     entry = get_entry(name)
-    return {role: verify_file(spec, root=root) for role, spec in entry.files.items()}
+    return {
+        role: verify_file(spec, root=root, kind=role_kind(role, spec))
+        for role, spec in entry.files.items()
+    }
+
+
+def forget(
+    name: str, roles: list[str] | None = None, *, root: str | os.PathLike | None = None
+) -> dict[str, str | None]:
+    """Drop the digests recorded at the first download of ``name``'s files (all, or
+    ``roles``); returns the digest dropped per role (``None`` where none was recorded).
+    The next download or verify checks each file's content and records its digest anew."""
+    entry = get_entry(name)
+    wanted = roles if roles is not None else list(entry.files)
+    missing = [r for r in wanted if r not in entry.files]
+    if missing:
+        raise ValueError(f"{entry.name} has no file(s) {missing}; it has {sorted(entry.files)}")
+    return {role: forget_file(entry.files[role], root=root) for role in wanted}
+
+
+def repair_hint(path: str | os.PathLike) -> str:
+    """For a file of the zoo cache: a sentence naming the command that fetches it again
+    (``flava-zoo zoo download NAME --force``, with the entry's name where a registry entry
+    holds the file); ``""`` for any other file."""
+    try:
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to((home() / "files").resolve()):
+            return ""
+    except OSError:
+        return ""
+    try:
+        names = [
+            entry.name
+            for entry in (registry().get(n) for n in registry().names())
+            if any(cache_path(spec).resolve() == resolved for spec in entry.files.values())
+        ]
+    except Exception:  # a hint must never hide the error it decorates
+        names = []
+    name = names[0] if names else "NAME"
+    return f" It is a cached download: fetch it again with `flava-zoo zoo download {name} --force`."
 
 
 def load_weights(
@@ -182,7 +238,9 @@ def image_transform(name: str, train: bool = False):
 
 __all__ = [
     "FORMATS",
+    "ROLE_KINDS",
     "ChecksumError",
+    "ContentError",
     "DownloadError",
     "FileSpec",
     "OfflineError",
@@ -194,6 +252,8 @@ __all__ = [
     "cache_path",
     "download",
     "download_file",
+    "forget",
+    "forget_file",
     "get_entry",
     "home",
     "image_transform",
@@ -206,7 +266,9 @@ __all__ = [
     "publish",
     "read_registry",
     "registry",
+    "repair_hint",
     "reset_registry",
+    "role_kind",
     "torchmultimodal_to_transformers",
     "verify",
     "verify_file",

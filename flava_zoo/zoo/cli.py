@@ -1,4 +1,4 @@
-"""``flava-zoo zoo list | info | download | verify | publish``: the model zoo from the shell.
+"""``flava-zoo zoo list | info | download | verify | forget | publish``: the model zoo from the shell.
 
 ``main(argv)`` takes the arguments after ``zoo`` and returns the exit status (0 success,
 1 a failed download or verification, 2 a usage error), so tests call it in-process.
@@ -15,6 +15,7 @@ from . import (
     DownloadError,
     add_registry,
     download,
+    forget,
     get_entry,
     list_pretrained,
     publish,
@@ -97,6 +98,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             checked += 1
             if result.ok:
                 print(f"{name} {role}: ok ({result.trust}) {result.path}")
+            elif result.status == "invalid":
+                failed += 1
+                print(
+                    f"{name} {role}: INVALID {result.path}: {result.detail}; "
+                    f"re-download with `flava-zoo zoo download {name} --force`",
+                    file=sys.stderr,
+                )
             else:
                 failed += 1
                 print(
@@ -108,6 +116,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not checked:
         print("nothing cached to verify")
     return 1 if failed else 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    for name in args.names:
+        entry = get_entry(name)
+        for role, digest in forget(entry.name, args.role or None).items():
+            if digest is None:
+                registry_digest = entry.files[role].sha256
+                note = f"pinned by the registry ({registry_digest})" if registry_digest else "none"
+                print(f"{entry.name} {role}: no digest recorded at first use ({note})")
+            else:
+                print(f"{entry.name} {role}: forgot sha256 {digest}")
+    return 0
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -156,13 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="download and check the files of entries")
     p.add_argument("names", nargs="+")
-    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download again even if cached; replaces a digest recorded at first use",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_cmd_download)
 
     p = sub.add_parser("verify", help="hash cached files against their expected sha256")
     p.add_argument("names", nargs="*", help="entries to verify (default: every cached one)")
     p.set_defaults(run=_cmd_verify)
+
+    p = sub.add_parser(
+        "forget",
+        help="drop the digests recorded at first download (trust on first use) of entries",
+    )
+    p.add_argument("names", nargs="+")
+    p.add_argument("--role", action="append", default=[], help="only this file role (repeatable)")
+    p.set_defaults(run=_cmd_forget)
 
     p = sub.add_parser("publish", help="write a registry entry for an exported model")
     p.add_argument("export_dir", help="a folder written by flava_zoo.save_pretrained")

@@ -14,7 +14,16 @@ where known. :func:`download` puts it in the cache and returns the path:
 - the whole file's sha256 is checked; a mismatch deletes the ``.part`` and raises
   :class:`ChecksumError` with both digests. Where the registry gives no digest, the first
   download's digest is recorded in ``trust.json`` (trust on first use) and every later
-  download or :func:`verify` is checked against it;
+  download or :func:`verify` is checked against it; ``force=True`` fetches again and
+  replaces that record, :func:`forget` drops it;
+- before a first-use digest is recorded, the file is checked to be what it claims
+  (:func:`content_problem`): a safetensors header parses and its tensors end where the file
+  does, a torch zip's central directory reads, a legacy pickle starts with its protocol
+  byte, a text file is UTF-8 without NUL bytes, a JSON file parses; an HTML page (a login
+  or error page) or a ``text/html`` answer is refused. A file that fails is deleted and
+  nothing is recorded, so a bad answer is never cached;
+- a DNS failure is not retried (it is not transient); network errors suggest
+  ``FLAVA_ZOO_OFFLINE=1``;
 - an exclusive ``fcntl`` lock on ``NAME.lock`` makes concurrent fetches of one file (threads
   or processes) end with one good copy: the second waits and then finds the file cached;
 - ``FLAVA_ZOO_OFFLINE=1`` never touches the network and names the missing path.
@@ -31,6 +40,7 @@ process that only fetches files never pays for importing torch.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import datetime
 import hashlib
@@ -39,11 +49,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +90,10 @@ class ChecksumError(DownloadError):
 
 class OfflineError(DownloadError):
     """``FLAVA_ZOO_OFFLINE`` is set and the file is not in the cache."""
+
+
+class ContentError(DownloadError):
+    """A file is not what its role says (an HTML page, random or truncated bytes...)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,10 @@ class FileSpec:
 
 @dataclass
 class VerifyResult:
-    """What :func:`verify` found for one file: ``status`` is ``ok``, ``missing`` or ``mismatch``."""
+    """What :func:`verify` found for one file: ``status`` is ``ok``, ``missing``, ``mismatch``
+    (its sha256 is not the expected one) or ``invalid`` (the registry pins no digest and the
+    file is not what it claims to be, see :func:`content_problem`; ``detail`` says why, and
+    no digest is recorded for it)."""
 
     spec: FileSpec
     path: Path
@@ -164,6 +183,8 @@ class VerifyResult:
     actual: str | None = None
     trust: str | None = None
     """Where ``expected`` came from: ``registry`` or ``first use``."""
+    detail: str | None = None
+    """Why an ``invalid`` file was refused."""
 
     @property
     def ok(self) -> bool:
@@ -277,12 +298,40 @@ def trusted_digest(source: str, root: Path | None = None) -> str | None:
     return record.get("sha256") if isinstance(record, dict) else None
 
 
-def _record_trust(source: str, digest: str, size: int, root: Path) -> None:
+def _record_trust(source: str, digest: str, size: int, root: Path, replace: bool = False) -> None:
     path = _trust_file(root)
     with file_lock(path):
         records = _read_json(path) or {}
-        records.setdefault(source, {"sha256": digest, "size": size, "first_seen": _now()})
+        record = {"sha256": digest, "size": size, "first_seen": _now()}
+        old = records.get(source)
+        if replace and isinstance(old, dict) and old.get("sha256") != digest:
+            print(
+                f"flava-zoo: {source}: replacing the digest recorded at first download "
+                f"({old.get('sha256')}) with {digest} (download --force)",
+                file=sys.stderr,
+            )
+            records[source] = record
+        else:
+            records.setdefault(source, record)
         _write_json(path, records)
+
+
+def forget(spec: FileSpec, *, root: str | os.PathLike | None = None) -> str | None:
+    """Drop the digest recorded at the first download of ``spec`` (``trust.json``) and the
+    check record of its cached copy, so that the next download or :func:`verify` checks
+    the file's content and records its digest anew. Returns the digest dropped, if any.
+
+    A digest pinned by the registry cannot be forgotten: it is not recorded here.
+    """
+    cache_root = Path(root) if root is not None else home()
+    path = _trust_file(cache_root)
+    with file_lock(path):
+        records = _read_json(path) or {}
+        record = records.pop(spec.source, None)
+        if record is not None:
+            _write_json(path, records)
+    _meta_path(cache_path(spec, cache_root)).unlink(missing_ok=True)
+    return record.get("sha256") if isinstance(record, dict) else None
 
 
 def _expected(spec: FileSpec, root: Path) -> tuple[str | None, str | None]:
@@ -290,6 +339,160 @@ def _expected(spec: FileSpec, root: Path) -> tuple[str | None, str | None]:
         return spec.sha256, "registry"
     digest = trusted_digest(spec.source, root)
     return (digest, "first use") if digest else (None, None)
+
+
+# --- what a file claims to be ----------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+TEXT_SUFFIXES = (".txt", ".model", ".vocab", ".merges")
+KINDS = ("weights", "text", "json")
+"""What :func:`content_problem` checks: ``weights`` (safetensors, a torch zip or a legacy
+torch pickle, by the file's suffix), ``text`` (UTF-8, no NUL) and ``json``."""
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml")
+_MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def kind_of(name: str) -> str | None:
+    """The kind :func:`content_problem` checks for a file called ``name`` (by its suffix);
+    ``None`` for a suffix it knows nothing about."""
+    suffix = Path(name).suffix.lower()
+    if suffix in WEIGHT_SUFFIXES:
+        return "weights"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix == ".json":
+        return "json"
+    return None
+
+
+def _head(path: Path, n: int = 64) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(n)
+
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith(_HTML_STARTS)
+
+
+def _safetensors_problem(path: Path, size: int) -> str | None:
+    if size < 8:
+        return f"it has {size} bytes, fewer than a safetensors header needs"
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > size - 8 or length > _MAX_SAFETENSORS_HEADER:
+            return (
+                f"its safetensors header claims {length} bytes but the file has {size}: "
+                "not a safetensors file"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        return f"its safetensors header is not JSON ({err})"
+    if not isinstance(header, dict):
+        return "its safetensors header is not a JSON object"
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            return f"its safetensors header gives tensor {key!r} no valid data_offsets"
+        end = max(end, offsets[1])
+    if 8 + length + end != size:
+        return (
+            f"its safetensors header says the tensors end at byte {8 + length + end} but the "
+            f"file has {size} bytes ({'truncated' if size < 8 + length + end else 'trailing bytes'})"
+        )
+    return None
+
+
+def _torch_problem(path: Path, head: bytes) -> str | None:
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            return f"its zip central directory cannot be read ({err}): truncated?"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "it is a zip archive without the data.pkl of a torch checkpoint"
+        return None
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return None
+    return "it is neither a torch zip archive (PK...) nor a pickle (protocol byte \\x80)"
+
+
+def _text_problem(path: Path) -> str | None:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                return f"it has a NUL byte at offset {offset + nul}: not text"
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                return f"it is not UTF-8 text (bad byte at offset {offset + err.start})"
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text (it ends inside a character)"
+    return None
+
+
+def content_problem(
+    path: str | os.PathLike,
+    kind: str | None,
+    *,
+    name: str | None = None,
+    content_type: str | None = None,
+) -> str | None:
+    """Why the file at ``path`` is not a ``kind`` file (see :data:`KINDS`), or ``None``.
+
+    ``name`` (default: the path's) picks the weights format by suffix: ``.safetensors``
+    must parse and end where its header says; anything else must be a torch zip whose
+    central directory reads or a pickle starting with its protocol byte. ``content_type``
+    is the HTTP answer's; ``text/html`` is refused for every kind, as is an HTML body and
+    an empty file. ``kind=None`` checks nothing. The reason names what came back (the
+    first bytes, the content type).
+    """
+    if kind is None:
+        return None
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    path = Path(path)
+    size = path.stat().st_size
+    head = _head(path)
+    seen = f"first bytes {head[:32]!r}" + (f", Content-Type {content_type}" if content_type else "")
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if _looks_like_html(head):
+        return f"it is an HTML page (a login or error page?), not a {kind} file ({seen})"
+    if mime in ("text/html", "application/xhtml+xml"):
+        return f"the server answered Content-Type {content_type}, not a {kind} file ({seen})"
+    if size == 0:
+        return f"the file is empty, not a {kind} file" + (
+            f" (Content-Type {content_type})" if content_type else ""
+        )
+    if kind == "weights":
+        if Path(name or path.name).suffix.lower() == ".safetensors":
+            problem = _safetensors_problem(path, size)
+        else:
+            problem = _torch_problem(path, head)
+    else:
+        problem = _text_problem(path)
+        if problem is None and kind == "json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as err:
+                problem = f"it is not JSON ({err})"
+    return f"{problem} ({seen}, {size} bytes)" if problem else None
 
 
 # --- progress ------------------------------------------------------------------------------
@@ -356,6 +559,27 @@ def _content_range_start(value: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _is_dns_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a failed name lookup (``socket.gaierror`` inside a ``URLError``)."""
+    reason = err.reason if isinstance(err, urllib.error.URLError) else err
+    return isinstance(reason, socket.gaierror)
+
+
+def _network_failure(url: str, err: BaseException, attempts: int) -> DownloadError:
+    """The error for a request that never got an HTTP answer; it suggests offline mode."""
+    hint = f"if this machine is offline, set {ENV_OFFLINE}=1 to use only what is cached"
+    dns_hint = hint[0].upper() + hint[1:]
+    if _is_dns_failure(err):
+        host = urllib.parse.urlparse(url).hostname
+        reason = err.reason if isinstance(err, urllib.error.URLError) else err
+        return DownloadError(
+            f"GET {url} failed: cannot resolve host {host!r} ({reason}); not retried. {dns_hint}"
+        )
+    if isinstance(err, urllib.error.HTTPError):
+        return DownloadError(f"GET {url} failed after {attempts} attempts: {err}")
+    return DownloadError(f"GET {url} failed after {attempts} attempts: {err}; {hint}")
+
+
 def _fetch_http(
     url: str,
     part: Path,
@@ -364,8 +588,9 @@ def _fetch_http(
     retries: int,
     backoff: float,
     timeout: float,
-) -> None:
-    """Download ``url`` into ``part``, resuming what ``part`` already holds."""
+) -> str | None:
+    """Download ``url`` into ``part``, resuming what ``part`` already holds; returns the
+    answer's ``Content-Type``."""
     validator_file = part.with_name(part.name + ".validator")
     failures = 0
     while True:
@@ -386,6 +611,7 @@ def _fetch_http(
                     raise http.client.HTTPException("server resumed at the wrong offset")
                 if not resumed:
                     have = 0
+                content_type = response.headers.get("Content-Type")
                 validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
                 if validator and not validator.startswith("W/"):
                     validator_file.write_text(validator)
@@ -401,7 +627,7 @@ def _fetch_http(
             bar.close(done=True)
             bar = None
             validator_file.unlink(missing_ok=True)
-            return
+            return content_type
         except urllib.error.HTTPError as err:
             err.close()
             if err.code == 416 and have:
@@ -412,13 +638,15 @@ def _fetch_http(
             else:
                 raise DownloadError(f"GET {url} failed: HTTP {err.code} {err.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            if _is_dns_failure(err):
+                raise _network_failure(url, err, failures + 1) from None
             last = err
         finally:
             if bar is not None:
                 bar.close(done=False)
         failures += 1
         if failures > retries:
-            raise DownloadError(f"GET {url} failed after {failures} attempts: {last}") from None
+            raise _network_failure(url, last, failures) from None
         time.sleep(wait if wait is not None else backoff * 2 ** (failures - 1))
 
 
@@ -502,9 +730,14 @@ def _corrupt(target: Path, spec: FileSpec, expected: str, actual: str, trust: st
     )
 
 
-def _check_cached(target: Path, spec: FileSpec, root: Path) -> None:
+def _resolve_kind(spec: FileSpec, kind: str | None) -> str | None:
+    return kind_of(spec.name) if kind == "auto" else kind
+
+
+def _check_cached(target: Path, spec: FileSpec, root: Path, kind: str | None) -> None:
     """Trust a cached file whose size and mtime match the record of its last full check;
-    otherwise hash it again and compare with the expected digest."""
+    otherwise hash it again and compare with the expected digest (with none known, check
+    its content before recording its digest)."""
     expected, trust = _expected(spec, root)
     meta = _read_json(_meta_path(target)) or {}
     stat = target.stat()
@@ -515,6 +748,13 @@ def _check_cached(target: Path, spec: FileSpec, root: Path) -> None:
     if expected is not None and actual != expected:
         raise _corrupt(target, spec, expected, actual, str(trust))
     if expected is None:
+        problem = content_problem(target, kind, name=spec.name)
+        if problem:
+            raise ContentError(
+                f"cached file {target} (source {spec.source}) is not a {kind} file: {problem}; "
+                "its digest was not recorded. Download it again with force=True "
+                "(`flava-zoo zoo download NAME --force`)."
+            )
         _record_trust(spec.source, actual, stat.st_size, root)
     _write_meta(target, spec, actual, trust or "first use")
 
@@ -528,14 +768,20 @@ def download(
     retries: int = 4,
     backoff: float = 0.5,
     timeout: float = 60.0,
+    kind: str | None = "auto",
 ) -> Path:
     """Return the cached path of ``spec``, downloading and checking it first if needed.
 
     ``root`` overrides the cache root (default :func:`home`); ``force`` fetches again even
-    when cached; ``retries`` extra attempts follow transient failures after ``backoff``,
-    ``2 * backoff``, ... seconds (or the server's ``Retry-After``). Raises
-    :class:`OfflineError`, :class:`ChecksumError` or :class:`DownloadError`.
+    when cached (and replaces a digest recorded at first use; a registry's digest still
+    holds); ``retries`` extra attempts follow transient failures after ``backoff``,
+    ``2 * backoff``, ... seconds (or the server's ``Retry-After``); a DNS failure is not
+    retried. ``kind`` (one of :data:`KINDS`; ``"auto"``: by the file's suffix, see
+    :func:`kind_of`; ``None``: no check) is what the file must be before a first-use
+    digest is recorded (:func:`content_problem`). Raises :class:`OfflineError`,
+    :class:`ChecksumError`, :class:`ContentError` or :class:`DownloadError`.
     """
+    kind = _resolve_kind(spec, kind)
     cache_root = Path(root) if root is not None else home()
     target = cache_path(spec, cache_root)
     offline = is_offline()
@@ -547,7 +793,7 @@ def download(
         )
     with file_lock(target):
         if target.is_file() and not force:
-            _check_cached(target, spec, cache_root)
+            _check_cached(target, spec, cache_root, kind)
             return target
         if offline:  # another process removed it meanwhile
             raise OfflineError(f"{ENV_OFFLINE} is set and {target} is missing")
@@ -555,6 +801,7 @@ def download(
         if force:
             part.unlink(missing_ok=True)
         hub = _hub_download_fn() if spec.hub else None
+        content_type: str | None = None
         if hub is not None:
             part = _fetch_hub(spec, target, hub, force)
         elif spec.hub and not spec.url:
@@ -562,7 +809,7 @@ def download(
                 f"{spec.source} needs huggingface_hub (pip install 'flava-zoo[hub]') or a 'url'"
             )
         elif _scheme(str(spec.url)) in ("http", "https"):
-            _fetch_http(
+            content_type = _fetch_http(
                 str(spec.url),
                 part,
                 progress=progress,
@@ -575,28 +822,62 @@ def download(
         actual = sha256_file(part)
         size = part.stat().st_size
         expected, trust = _expected(spec, cache_root)
+        replace = force and trust == "first use"
+        if replace:  # --force: the record of the first use is what is being repaired
+            expected, trust = None, None
         if expected is not None and actual != expected:
-            part.unlink()
+            problem = content_problem(part, kind, name=spec.name, content_type=content_type)
+            _discard(part)
             raise ChecksumError(
                 f"{spec.source}: sha256 mismatch: expected {expected} "
                 f"({'registry' if trust == 'registry' else 'recorded at first download'}), "
-                f"got {actual}; the download was deleted",
+                f"got {actual}; the download was deleted"
+                + (f" ({problem})" if problem else "")
+                + (
+                    ". If the file changed upstream on purpose, download it again with "
+                    "force=True (`flava-zoo zoo download NAME --force`) or drop the record "
+                    "(`flava-zoo zoo forget NAME`)"
+                    if trust == "first use"
+                    else ""
+                ),
                 expected,
                 actual,
             )
         if spec.size is not None and size != spec.size:
-            part.unlink()
+            _discard(part)
             raise DownloadError(f"{spec.source}: expected {spec.size} bytes, got {size}; deleted")
+        if expected is None:
+            problem = content_problem(part, kind, name=spec.name, content_type=content_type)
+            if problem:
+                _discard(part)
+                raise ContentError(
+                    f"{spec.source} is not a {kind} file: {problem}. The download was deleted "
+                    "and no digest recorded"
+                    + (f"; the cached copy {target} was kept" if target.is_file() else "")
+                    + ". Check the URL, or the credentials the server wants."
+                )
         os.replace(part, target)
         if expected is None:
-            _record_trust(spec.source, actual, size, cache_root)
+            _record_trust(spec.source, actual, size, cache_root, replace=replace)
         _write_meta(target, spec, actual, trust or "first use")
         return target
 
 
-def verify(spec: FileSpec, *, root: str | os.PathLike | None = None) -> VerifyResult:
+def _discard(part: Path) -> None:
+    """Delete a rejected download and its resume validator (a bad body is never resumed)."""
+    part.unlink(missing_ok=True)
+    part.with_name(part.name + ".validator").unlink(missing_ok=True)
+
+
+def verify(
+    spec: FileSpec, *, root: str | os.PathLike | None = None, kind: str | None = "auto"
+) -> VerifyResult:
     """Hash the cached copy of ``spec`` in full and compare it with the registry's digest,
-    or with the one recorded at its first download. Never downloads."""
+    or with the one recorded at its first download. Never downloads. Unless the registry
+    pins its digest, the file's content is also checked as ``kind`` (see :func:`download`):
+    one that fails is ``invalid`` (a bad answer recorded by an older flava-zoo, say) and,
+    with no digest recorded yet, nothing is recorded."""
+    kind = _resolve_kind(spec, kind)
     cache_root = Path(root) if root is not None else home()
     target = cache_path(spec, cache_root)
     expected, trust = _expected(spec, cache_root)
@@ -604,6 +885,10 @@ def verify(spec: FileSpec, *, root: str | os.PathLike | None = None) -> VerifyRe
         return VerifyResult(spec, target, "missing", expected, None, trust)
     with file_lock(target):
         actual = sha256_file(target)
+    if trust != "registry":
+        problem = content_problem(target, kind, name=spec.name)
+        if problem:
+            return VerifyResult(spec, target, "invalid", expected, actual, trust, detail=problem)
     if expected is None:
         _record_trust(spec.source, actual, target.stat().st_size, cache_root)
         expected, trust = actual, "first use"
@@ -632,8 +917,10 @@ def read_text(url: str, *, timeout: float = 30.0, retries: int = 2) -> str:
                 raise DownloadError(f"GET {url} failed: HTTP {err.code} {err.reason}") from None
             last: Exception = err
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            if _is_dns_failure(err):
+                raise _network_failure(url, err, failures + 1) from None
             last = err
         failures += 1
         if failures > retries:
-            raise DownloadError(f"GET {url} failed after {failures} attempts: {last}") from None
+            raise _network_failure(url, last, failures) from None
         time.sleep(0.5 * 2 ** (failures - 1))

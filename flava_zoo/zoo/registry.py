@@ -16,12 +16,14 @@ folder (registry and files side by side) can move between servers and disks.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import fnmatch
 import hashlib
 import json
 import os
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .download import (
+    DownloadError,
     FileSpec,
     OfflineError,
     _scheme,
@@ -197,31 +200,56 @@ def parse_registry(data: Any, source: str, base: str | None = None) -> dict[str,
 def read_registry(source: str | os.PathLike) -> dict[str, ZooEntry]:
     """Read and validate a registry from a path, ``file://`` or ``http(s)://`` URL.
 
-    A remote registry is fetched on every call and a copy kept in the cache; offline, the
-    copy is used (or :class:`~flava_zoo.zoo.download.OfflineError` names what is missing).
+    A remote registry is fetched on every call and, once it parses and validates, a copy is
+    kept in the cache (an HTML login page or a broken registry is never cached). Offline,
+    the copy is used (or :class:`~flava_zoo.zoo.download.OfflineError` names what is
+    missing); when the server cannot be reached or fails, the copy is used with a warning.
     """
     source = str(source)
-    remote = _scheme(source) in ("http", "https")
-    text: str
-    if remote:
-        key = hashlib.sha256(source.encode()).hexdigest()[:16]
-        copy = home() / "registries" / f"{key}.json"
-        if is_offline():
-            if not copy.is_file():
-                raise OfflineError(
-                    f"FLAVA_ZOO_OFFLINE is set and registry {source} was never fetched: expected a copy at {copy}"
-                )
-            text = copy.read_text(encoding="utf-8")
-        else:
-            text = read_text(source)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(copy, json.loads(text))
-    else:
+    if _scheme(source) not in ("http", "https"):
+        return _parse_text(read_text(source), source)
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    copy = home() / "registries" / f"{key}.json"
+    if is_offline():
+        if not copy.is_file():
+            raise OfflineError(
+                f"FLAVA_ZOO_OFFLINE is set and registry {source} was never fetched: expected a copy at {copy}"
+            )
+        return _parse_text(copy.read_text(encoding="utf-8"), source)
+    try:
         text = read_text(source)
+        entries = _parse_text(text, source)
+    except (DownloadError, ValueError) as err:  # unreachable, or it answered no registry
+        if not copy.is_file():
+            raise
+        message = (
+            f"registry {source} could not be read ({err}); using the copy cached at {copy}, "
+            f"last fetched {_mtime(copy)}"
+        )
+        warnings.warn(message, RegistryFallbackWarning, stacklevel=2)
+        return _parse_text(copy.read_text(encoding="utf-8"), source)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(copy, json.loads(text))
+    return entries
+
+
+class RegistryFallbackWarning(UserWarning):
+    """A remote registry could not be fetched and its cached copy was used instead."""
+
+
+def _mtime(path: Path) -> str:
+    stamp = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    return stamp.isoformat(timespec="seconds")
+
+
+def _parse_text(text: str, source: str) -> dict[str, ZooEntry]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"registry {source} is not valid JSON: {err}") from None
+        start = text.lstrip()[:40]
+        raise ValueError(
+            f"registry {source} is not valid JSON: {err} (it starts with {start!r})"
+        ) from None
     return parse_registry(data, source, base=source)
 
 
@@ -278,6 +306,7 @@ __all__ = [
     "ENV_REGISTRY",
     "FORMATS",
     "Registry",
+    "RegistryFallbackWarning",
     "ZooEntry",
     "env_sources",
     "parse_registry",
