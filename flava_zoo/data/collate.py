@@ -18,8 +18,11 @@ from ..masking import BlockMasker, MLMMasker
 class PretrainCollator:
     """Collate samples (dicts with ``image`` and / or ``text``) into a pretraining batch.
 
-    ``None`` samples (unreadable ones that a dataset chose to skip) are dropped and counted
-    in ``num_skipped``. Images must already be tensors (datasets apply the transform).
+    ``num_skipped`` counts the unreadable samples behind the batch: each ``None`` sample (an
+    unreadable one that a dataset gave as is) is dropped and counted, and a replacement
+    sample (from :class:`~flava_zoo.data.sources.ReplaceUnreadable`, which the data modules
+    read through so that a batch never shrinks and DDP ranks stay equal) adds the
+    ``num_skipped`` it carries. Images must already be tensors (datasets apply the transform).
     Output keys: ``pixel_values`` and ``image_mask`` for images; ``input_ids``,
     ``attention_mask``, ``masked_input_ids`` and ``mlm_labels`` for text; any integer
     ``label`` is stacked as ``labels``.
@@ -44,7 +47,8 @@ class PretrainCollator:
             raise RuntimeError(
                 f"all {len(samples)} samples of a batch were unreadable; see the warnings above"
             )
-        batch: dict[str, Any] = {"num_skipped": len(samples) - len(good)}
+        replaced = sum(int(s.get("num_skipped", 0)) for s in good)
+        batch: dict[str, Any] = {"num_skipped": len(samples) - len(good) + replaced}
         first = good[0]
         if "image" in first:
             images = [s["image"] for s in good]

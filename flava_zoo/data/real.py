@@ -5,9 +5,11 @@ Each module reads one kind of source from :mod:`flava_zoo.data.sources`;
 mixes its unimodal and paired datasets. All of them collate with :class:`PretrainCollator`,
 :class:`MLMMasker` and :class:`BlockMasker` exactly as
 :class:`~flava_zoo.data.datamodules.ShapesPretrainData` does, so their batches feed
-:class:`~flava_zoo.training.FlavaPretrainModule` unchanged. Bad samples are skipped and
-counted (``num_skipped`` in every batch, logged each epoch by the module) or, with
-``strict=True``, stop the run at once.
+:class:`~flava_zoo.training.FlavaPretrainModule` unchanged. Bad samples are skipped,
+replaced by another readable sample of the same rank (so a batch keeps its size and DDP
+ranks contribute equal rows to the contrastive all-gather; see
+:class:`~flava_zoo.data.sources.ReplaceUnreadable`) and counted (``num_skipped`` in every
+batch, logged each epoch by the module) or, with ``strict=True``, stop the run at once.
 
 Distinct data per DDP rank: map-style datasets get Lightning's ``DistributedSampler``;
 webdataset shards are split whole over ranks, then workers; :class:`MultiSourceBatches`
@@ -34,6 +36,7 @@ from .sources import (
     default_num_batches,
     distributed_info,
     expand_shards,
+    replace_unreadable,
     webdataset_pairs,
 )
 
@@ -74,6 +77,7 @@ class _RealData(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool, num_workers: int | None = None) -> DataLoader:
         workers = self.hparams.num_workers if num_workers is None else num_workers
+        dataset = replace_unreadable(dataset)  # a bad sample never shrinks a rank's batch
         iterable = isinstance(dataset, IterableDataset)
         return DataLoader(
             dataset,

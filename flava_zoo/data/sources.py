@@ -4,9 +4,13 @@ Every reader yields the sample dicts that :class:`~flava_zoo.data.collate.Pretra
 takes (``image`` and / or ``text``, plus ``source``: where the sample came from, as
 ``file:line`` or ``shard:key``). A bad sample (a missing or corrupt image, an empty caption or
 text, a broken shard member) becomes ``None`` with a :class:`DataSkipWarning` naming its
-source and the reason; the collator drops and counts it (``num_skipped``), and the training
-module logs the count each epoch. With ``strict=True`` the reader raises
-:class:`BadSampleError`, naming the same source, at once.
+source and the reason. The data modules read through :class:`ReplaceUnreadable` /
+:func:`replace_unreadable_stream` (and :class:`MultiSourceBatches` replaces the same way), so
+a bad sample is replaced by another readable sample of the same rank and never changes a
+batch's size (DDP ranks must contribute equal rows to the contrastive all-gather); the
+collator counts the replaced samples (``num_skipped``), and the training module logs the count
+each epoch. With ``strict=True`` the reader raises :class:`BadSampleError`, naming the same
+source, at once.
 
 :class:`MultiSourceBatches` mixes several readers into one stream of whole batches, each
 batch from one source picked by weight, with distinct data on every DDP rank and worker.
@@ -659,6 +663,143 @@ def webdataset_pairs(
     return dataset.compose(_PairDecoder(transform, strict, captions, image_keys))
 
 
+# ----------------------------------------------------------------------------- replacing bad samples
+
+MAX_REPLACEMENT_TRIES = 64
+"""Samples tried, the bad one included, before giving up on replacing an unreadable sample."""
+SKIPPED_KEY = "num_skipped"
+"""Key of a replacement sample holding how many unreadable samples it stands for."""
+
+
+def _mark_skipped(sample: Sample, skipped: int) -> Sample:
+    """``sample`` standing for ``skipped`` more unreadable samples (a copy; as is when 0)."""
+    if not skipped:
+        return sample
+    return {**sample, SKIPPED_KEY: int(sample.get(SKIPPED_KEY, 0)) + skipped}
+
+
+def first_readable(candidates: Iterator[Sample | None], what: str, max_tries: int) -> Sample:
+    """The first readable (not ``None``) sample of ``candidates``, counting the bad ones
+    before it under ``num_skipped``; ``RuntimeError`` when none of ``max_tries`` is readable."""
+    skipped = 0
+    for sample in islice(candidates, max_tries):
+        if sample is not None:
+            return _mark_skipped(sample, skipped)
+        skipped += 1
+    raise RuntimeError(
+        f"{what}: no readable sample in {skipped} tries (the bad sample and its replacements); "
+        "see the skipped-sample warnings above: most of this data cannot be read"
+    )
+
+
+class ReplaceUnreadable(Dataset):
+    """A map-style dataset whose unreadable samples are replaced, so batches keep their size.
+
+    Why replace rather than drop: a dropped sample made one DDP rank's batch a row shorter
+    than the others', and the global contrastive loss, which all-gathers equal-sized
+    embeddings from every rank, then aborted the job (gloo: data size mismatch). Padding the
+    gather and masking the pad rows would have to be taught to every collective and every
+    per-row loss (contrastive, ITM negatives, the masked losses, metrics logged with
+    ``sync_dist``); a replacement keeps every batch full, so all of them stay unchanged and
+    every rank contributes the same rows each step by construction.
+
+    Reading index ``i`` gives ``dataset[i]`` when readable, else the first readable of
+    ``dataset[(i + k * stride) % len]`` for ``k = 1, 2, ...``: deterministic, at most
+    ``max_tries`` reads, then ``RuntimeError``. With ``stride`` the world size, that is the
+    next index of the rank's shard under an unshuffled ``DistributedSampler`` (ranks take
+    ``r, r + W, ...``); shuffled, a fixed other sample (possibly one read elsewhere this
+    epoch, which is harmless). A replacement carries ``num_skipped``: the bad samples it
+    stands for, which :class:`~flava_zoo.data.collate.PretrainCollator` adds to the batch's
+    ``num_skipped``, so skipped samples are still counted and logged. Each bad read still
+    warns (:class:`DataSkipWarning`); strict readers raise before any replacement.
+
+    Args:
+        dataset: a map-style dataset whose bad samples are ``None``.
+        stride: index step between tries (default: the world size, :func:`distributed_info`).
+        max_tries: samples read at most per index, the bad one included.
+    """
+
+    def __init__(
+        self, dataset: Dataset, stride: int | None = None, max_tries: int = MAX_REPLACEMENT_TRIES
+    ) -> None:
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be positive, got {max_tries}")
+        self.dataset = dataset
+        self.stride = distributed_info()[1] if stride is None else int(stride)
+        if self.stride < 1:
+            raise ValueError(f"stride must be positive, got {stride}")
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        n = len(self.dataset)
+        candidates = (self.dataset[(index + k * self.stride) % n] for k in range(n))
+        return first_readable(candidates, f"{type(self.dataset).__name__}[{index}]", self.max_tries)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def replace_unreadable_stream(
+    samples: Iterator[Sample | None], name: str, max_tries: int = MAX_REPLACEMENT_TRIES
+) -> Iterator[Sample]:
+    """The readable samples of a stream, each unreadable one replaced by the next readable.
+
+    The stream version of :class:`ReplaceUnreadable` (webdataset shards: the next sample of
+    the same rank's and worker's shards): the next readable sample carries ``num_skipped``,
+    the bad ones just before it. ``max_tries`` bad samples in a row raise ``RuntimeError``.
+    Bad samples at the very end of a finite stream have no sample to carry their count (they
+    were warned about).
+    """
+    skipped = 0
+    for sample in samples:
+        if sample is None:
+            skipped += 1
+            if skipped >= max_tries:
+                raise RuntimeError(
+                    f"{name}: {skipped} unreadable samples in a row; see the skipped-sample "
+                    "warnings above: most of this data cannot be read"
+                )
+            continue
+        yield _mark_skipped(sample, skipped)
+        skipped = 0
+
+
+class ReplaceUnreadableStream(IterableDataset):
+    """An iterable dataset (webdataset shards) read through :func:`replace_unreadable_stream`.
+
+    Args:
+        dataset: an iterable dataset whose bad samples are ``None``.
+        name: names the source in errors.
+        max_tries: unreadable samples in a row that raise ``RuntimeError``.
+    """
+
+    def __init__(
+        self, dataset: Any, name: str = "stream", max_tries: int = MAX_REPLACEMENT_TRIES
+    ) -> None:
+        self.dataset = dataset
+        self.name = name
+        self.max_tries = max_tries
+
+    def __iter__(self) -> Iterator[Sample]:
+        return replace_unreadable_stream(iter(self.dataset), self.name, self.max_tries)
+
+
+def replace_unreadable(dataset: Any, max_tries: int = MAX_REPLACEMENT_TRIES) -> Dataset:
+    """``dataset`` read so that an unreadable sample is replaced, never dropped: a map-style
+    one through :class:`ReplaceUnreadable` (stride: the world size now), an iterable one
+    through :class:`ReplaceUnreadableStream`; one already wrapped is returned as is."""
+    if isinstance(dataset, (ReplaceUnreadable, ReplaceUnreadableStream)):
+        return dataset
+    if isinstance(dataset, IterableDataset):
+        return ReplaceUnreadableStream(dataset, type(dataset).__name__, max_tries)
+    return ReplaceUnreadable(dataset, max_tries=max_tries)
+
+
 # ----------------------------------------------------------------------------- mixing
 
 
@@ -725,6 +866,11 @@ class MultiSourceBatches(IterableDataset):
       round-robin over workers yields the steps in order.
     - **Epochs**: iteration ``i`` uses epoch ``epoch + i`` (``advance_epoch=False`` repeats
       ``epoch``: fixed validation batches). Keep workers persistent so the count survives.
+    - **Unreadable samples** never shrink a batch (see :class:`ReplaceUnreadable` for why): a
+      map-style one is replaced by the next readable item of the rank's slice of the same
+      permutation (wrapping within the pass), an iterable one by the next readable sample of
+      the stream; at most ``max_tries`` reads each, then ``RuntimeError``. The replacement
+      carries ``num_skipped``, which the collator adds up.
 
     Args:
         sources: the datasets (samples: dicts or ``None``).
@@ -740,6 +886,7 @@ class MultiSourceBatches(IterableDataset):
         epoch: the first epoch.
         advance_epoch: move to the next epoch on every iteration.
         names: source names for messages.
+        max_tries: samples read at most to replace an unreadable one, the bad one included.
     """
 
     def __init__(
@@ -757,6 +904,7 @@ class MultiSourceBatches(IterableDataset):
         epoch: int = 0,
         advance_epoch: bool = True,
         names: Sequence[str] | None = None,
+        max_tries: int = MAX_REPLACEMENT_TRIES,
     ) -> None:
         if len(sources) == 0 or len(weights) != len(sources):
             raise ValueError(f"need one weight per source, got {len(weights)} for {len(sources)}")
@@ -765,6 +913,9 @@ class MultiSourceBatches(IterableDataset):
             raise ValueError(f"batch_sizes must be positive, one per source, got {batch_sizes}")
         if num_batches < 1:
             raise ValueError(f"num_batches must be positive, got {num_batches}")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be positive, got {max_tries}")
+        self.max_tries = max_tries
         weighted_schedule(weights, 1, schedule)  # validates weights and schedule
         self.sources = list(sources)
         self.weights = [float(w) for w in weights]
@@ -812,7 +963,9 @@ class MultiSourceBatches(IterableDataset):
             dataset = self.sources[source]
             if isinstance(dataset, IterableDataset):
                 if source not in streams:
-                    streams[source] = _endless(dataset, self.names[source])
+                    streams[source] = replace_unreadable_stream(
+                        _endless(dataset, self.names[source]), self.names[source], self.max_tries
+                    )
                 samples = [next(streams[source]) for _ in range(size)]
             else:
                 per_rank = len(dataset) // self.world_size
@@ -821,8 +974,13 @@ class MultiSourceBatches(IterableDataset):
                     npass, offset = divmod(position, per_rank)
                     if perms.get(source, (None,))[0] != npass:
                         perms[source] = (npass, self._permutation(source, epoch, npass))
+                    perm = perms[source][1]
+                    candidates = (  # this rank's next items of the pass replace a bad one
+                        dataset[int(perm[self.rank + (offset + k) % per_rank * self.world_size])]
+                        for k in range(per_rank)
+                    )
                     samples.append(
-                        dataset[int(perms[source][1][self.rank + offset * self.world_size])]
+                        first_readable(candidates, f"source {self.names[source]}", self.max_tries)
                     )
             yield self.collate_fn(samples)
 
