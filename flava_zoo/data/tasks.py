@@ -110,7 +110,7 @@ def _read_json(path: Path) -> Any:
         ) from e
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for each non-blank line of a JSON-lines file."""
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -808,7 +808,7 @@ class SnliVE(_ImageDataset):
         self.transform = transform
         self._samples: list[tuple[str, str, int, int]] = []
         self.num_skipped = 0
-        for line, record in _read_jsonl(self.path):
+        for line, record in read_jsonl(self.path):
             image_file = self._image_file(record, line)
             hypothesis = _get(record, "sentence2", str, self.path, line=line)
             gold = _get(record, "gold_label", str, self.path, line=line)
@@ -895,7 +895,7 @@ class HatefulMemes(_ImageDataset):
         self.transform = transform
         self._samples: list[tuple[int | str, str, str, int | None]] = []
         labelled: bool | None = None
-        for line, record in _read_jsonl(self.path):
+        for line, record in read_jsonl(self.path):
             meme_id = _get(record, "id", (int, str), self.path, line=line)
             img = _get(record, "img", str, self.path, line=line)
             text = _get(record, "text", str, self.path, line=line)

@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flava_zoo.data.tasks import GLUE_TASKS, SNLI_VE_LABELS, GlueTask, HatefulMemes, TaskDataError
+from flava_zoo.data.tasks import (
+    GLUE_TASKS,
+    SNLI_VE_LABELS,
+    GlueTask,
+    HatefulMemes,
+    TaskDataError,
+    read_jsonl,
+)
 
 from . import submissions as sub
 from .submissions import IdCheck, Prediction, SubmissionError, check_ids
@@ -168,34 +175,25 @@ def _snli_ve_annotations(path: Path) -> tuple[list[str], list[int], int]:
     pair_ids: list[str] = []
     labels: list[int] = []
     skipped = 0
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SubmissionError(path, f"not valid JSON ({e.msg})", line=number) from e
-            if not isinstance(record, dict):
-                raise SubmissionError(path, "expected a JSON object", line=number)
-            gold = record.get("gold_label")
-            if gold == "-":
-                skipped += 1
-                continue
-            if gold not in SNLI_VE_LABELS:
-                raise SubmissionError(
-                    path,
-                    f"{gold!r} is not one of {list(SNLI_VE_LABELS)}",
-                    line=number,
-                    field="gold_label",
-                )
-            pair = record.get("pairID")
-            pair_ids.append(
-                str(pair)
-                if isinstance(pair, (str, int)) and not isinstance(pair, bool)
-                else f"#{len(labels)}"
+    for number, record in read_jsonl(path):
+        gold = record.get("gold_label")
+        if gold == "-":
+            skipped += 1
+            continue
+        if gold not in SNLI_VE_LABELS:
+            raise SubmissionError(
+                path,
+                f"{gold!r} is not one of {list(SNLI_VE_LABELS)}",
+                line=number,
+                field="gold_label",
             )
-            labels.append(SNLI_VE_LABELS.index(gold))
+        pair = record.get("pairID")
+        pair_ids.append(
+            str(pair)
+            if isinstance(pair, (str, int)) and not isinstance(pair, bool)
+            else f"#{len(labels)}"
+        )
+        labels.append(SNLI_VE_LABELS.index(gold))
     if not labels:
         raise SubmissionError(path, "holds no labelled pairs")
     return pair_ids, labels, skipped
