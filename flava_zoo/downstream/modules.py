@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..evaluation.metrics import VQAAccuracy, glue_metrics, glue_predictions, memes_metrics
 from ..models.heads import ClassificationHead
+from ..training.guard import nonfinite_guard
 from ..training.optim import param_groups, warmup_cosine
 from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
 from .data import TaskData
@@ -244,10 +245,20 @@ class FinetuneModule(DownstreamModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
         loss = self.loss(logits, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+        nonfinite_guard(self).observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip an update whose loss or gradients are not finite, or stop the run after
+        ``max_skipped_steps`` (default 10) in a row (:mod:`flava_zoo.training.guard`)."""
+        nonfinite_guard(self).before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, then stop before any checkpoint if it made a weight or its
+        optimizer state non-finite."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        nonfinite_guard(self).after_optimizer_step(self, optimizer)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch)

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..checkpoint import save_pretrained
 from ..models.pretraining import LOSS_TERMS, FlavaForPretraining, LossWeights
 from ..models.registry import create_model
+from .guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
 from .init import load_stage_weights, load_unimodal_weights
 from .optim import param_groups, warmup_cosine
 
@@ -62,6 +63,9 @@ class FlavaPretrainModule(L.LightningModule):
         codebook_path: dVAE encoder weights for ``mim_target="codebook"``.
         export_dir: where to write the final weights (safetensors + config) after fit.
         seed: seed of the ITM negative sampler.
+        max_skipped_steps: an update whose loss or gradients are not finite is skipped
+            (logged as ``train/skipped_steps``); one more than this many in a row stops
+            the run (see :mod:`flava_zoo.training.guard`). ``0`` stops at the first.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class FlavaPretrainModule(L.LightningModule):
         codebook_path: str | None = None,
         export_dir: str | None = None,
         seed: int = 0,
+        max_skipped_steps: int = DEFAULT_MAX_SKIPPED_STEPS,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -173,16 +178,11 @@ class FlavaPretrainModule(L.LightningModule):
         return 1
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step; stops the run on a non-finite loss."""
+        """One optimisation step; a non-finite loss or gradient skips the update (or stops the
+        run) in :meth:`on_before_optimizer_step`."""
         self._skipped += int(batch.pop("num_skipped", 0))
         out = self.objective(batch)
-        if not torch.isfinite(out.loss):
-            terms = {k: float(v) for k, v in out.terms.items()}
-            raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step} (terms {terms}); "
-                "the run stops here and the last good checkpoint is kept: resume with "
-                "--ckpt_path last after lowering the learning rate or enabling gradient clipping"
-            )
+        nonfinite_guard(self).observe_loss(out.loss)
         bs = self._batch_size(batch)
         terms = {f"train/{k}": v for k, v in out.terms.items() if k != "loss"}
         self.log_dict(terms, batch_size=bs)
@@ -192,6 +192,17 @@ class FlavaPretrainModule(L.LightningModule):
             self.log("train/samples_per_sec", bs / max(now - self._last_time, 1e-9), batch_size=bs)
         self._last_time = now
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip an update whose loss or gradients are not finite, or stop the run
+        (:class:`~flava_zoo.training.guard.NonFiniteGuard`)."""
+        nonfinite_guard(self).before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, then stop before any checkpoint if it made a weight or its
+        optimizer state non-finite."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        nonfinite_guard(self).after_optimizer_step(self, optimizer)
 
     def on_train_epoch_end(self) -> None:
         """Log how many bad samples the data pipeline skipped this epoch."""

@@ -1,0 +1,237 @@
+"""Keep non-finite values out of the weights, the optimizer state and the checkpoints.
+
+One implementation for every training module (:class:`FlavaPretrainModule`,
+:class:`~flava_zoo.downstream.FinetuneModule`). A module calls
+:func:`nonfinite_guard` in three places::
+
+    def training_step(self, batch, batch_idx):
+        loss = ...
+        nonfinite_guard(self).observe_loss(loss)        # no device sync here
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):      # after backward, before clipping
+        nonfinite_guard(self).before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        nonfinite_guard(self).after_optimizer_step(self, optimizer)
+
+Before each optimizer step the loss (every micro-batch of an accumulated step) and every
+gradient are checked; under DDP the decision is all-reduced, so every rank does the same.
+A bad update is **skipped**: the gradients are dropped, so AdamW leaves the weights and
+its state untouched (the learning-rate schedule and ``global_step`` advance as for any
+step), and ``train/skipped_steps`` counts it. More than ``max_skipped_steps`` consecutive
+skips stop the run with :class:`FloatingPointError` before anything is applied. After the
+step the updated weights and their optimizer state are checked too (a finite gradient can
+still overflow ``exp_avg_sq`` or an update); a non-finite one stops the run before the
+checkpoint callbacks run, so every checkpoint the run writes is finite.
+
+The advice printed on a stop is ``--ckpt_path last`` with a lower
+``--model.init_args.lr``: the first step of a run applies the configured learning rate to
+a restored optimizer and schedule (:func:`apply_configured_lr`), so the lower rate takes
+effect on resume. Under a ``16-mixed`` gradient scaler non-finite gradients are the
+scaler's business (it skips the step and lowers its scale); only a non-finite loss counts.
+In manual optimisation ``on_before_optimizer_step`` still guards every ``opt.step()``;
+the post-step check needs the ``optimizer_step`` override (automatic optimisation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["DEFAULT_MAX_SKIPPED_STEPS", "NonFiniteGuard", "apply_configured_lr", "nonfinite_guard"]
+
+DEFAULT_MAX_SKIPPED_STEPS = 10
+"""Consecutive skipped updates tolerated before the run stops."""
+
+RESUME_ADVICE = (
+    "resume with --ckpt_path last and a lower --model.init_args.lr (the resumed run uses the "
+    "new rate); if its first updates are skipped again, the weights were already too far off "
+    "when that checkpoint was written: start again without --ckpt_path at a lower rate"
+)
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind a Lightning ``LightningOptimizer``."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _all_finite(tensors: list[Tensor]) -> list[bool]:
+    """Per tensor: all its values finite (one device sync for the lot)."""
+    if not tensors:
+        return []
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+
+
+def _names(module: torch.nn.Module) -> dict[int, str]:
+    return {id(p): n for n, p in module.named_parameters()}
+
+
+def _shown(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def apply_configured_lr(module: Any) -> list[tuple[float, float]]:
+    """Set the optimizers' base rates to ``module.hparams.lr`` times each group's
+    ``lr_multiplier`` (see :func:`~flava_zoo.training.optim.param_groups`), keeping the
+    schedule's current factor; return the ``(old, new)`` base rates that changed.
+
+    A fresh run is unchanged. A run resumed with ``--ckpt_path`` restores the optimizer's
+    and the scheduler's rates from the checkpoint; this makes a new ``--model.init_args.lr``
+    take effect.
+    """
+    lr = module.hparams.get("lr")
+    trainer = module.trainer
+    if lr is None or trainer is None:
+        return []
+    changed: list[tuple[float, float]] = []
+    scheduled = set()
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        base_lrs = getattr(scheduler, "base_lrs", None)
+        optimizer = _unwrap(scheduler.optimizer)
+        if base_lrs is None:
+            continue
+        scheduled.add(id(optimizer))
+        for i, group in enumerate(optimizer.param_groups):
+            want, base = float(lr) * float(group.get("lr_multiplier", 1.0)), float(base_lrs[i])
+            if want == base:
+                continue
+            group["lr"] = group["lr"] * want / base if base else want
+            group["initial_lr"] = want
+            base_lrs[i] = want
+            if hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+            changed.append((base, want))
+    for optimizer in trainer.optimizers:
+        optimizer = _unwrap(optimizer)
+        if id(optimizer) in scheduled:
+            continue
+        for group in optimizer.param_groups:
+            want = float(lr) * float(group.get("lr_multiplier", 1.0))
+            if group["lr"] != want:
+                changed.append((group["lr"], want))
+                group["lr"] = want
+    return changed
+
+
+class NonFiniteGuard:
+    """Per-module state of the non-finite check (see the module docstring).
+
+    Args:
+        max_skipped_steps: consecutive skipped updates tolerated; one more stops the run
+            (``0``: stop at the first non-finite loss or gradient).
+    """
+
+    def __init__(self, max_skipped_steps: int = DEFAULT_MAX_SKIPPED_STEPS) -> None:
+        if max_skipped_steps < 0:
+            raise ValueError(f"max_skipped_steps must be non-negative, got {max_skipped_steps}")
+        self.max_skipped_steps = int(max_skipped_steps)
+        self.skipped_steps = 0
+        """Updates skipped by this process so far."""
+        self.consecutive = 0
+        self.first_bad_step: int | None = None
+        self._loss_ok: Tensor | None = None
+        self._lr_applied = False
+
+    def observe_loss(self, loss: Tensor) -> None:
+        """Remember whether this micro-batch's loss is finite (checked at the optimizer step)."""
+        ok = torch.isfinite(loss.detach()).all()
+        self._loss_ok = ok if self._loss_ok is None else self._loss_ok & ok
+
+    def before_optimizer_step(self, module: Any, optimizer: Any) -> bool:
+        """Check the loss and the gradients; drop the gradients of a bad update (the
+        optimizer then skips every parameter) or stop the run. Returns whether the update
+        goes ahead."""
+        trainer = module.trainer
+        if not self._lr_applied:
+            self._lr_applied = True
+            for old, new in apply_configured_lr(module):
+                from lightning.pytorch.utilities import rank_zero_info
+
+                rank_zero_info(f"learning rate {new:g} from the configuration replaces the checkpoint's {old:g}")
+        optimizer = _unwrap(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        loss_ok = True if self._loss_ok is None else bool(self._loss_ok)
+        self._loss_ok = None
+        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+        grads_ok = _all_finite([p.grad for p in params]) if scaler is None else []
+        local_ok = loss_ok and all(grads_ok)
+        ok = trainer.strategy.reduce_boolean_decision(local_ok, all=True)
+        if ok:
+            self.consecutive, self.first_bad_step = 0, None
+            module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            return True
+        step = trainer.global_step
+        optimizer.zero_grad(set_to_none=True)  # AdamW skips parameters without gradients
+        self.skipped_steps += 1
+        self.consecutive += 1
+        if self.first_bad_step is None:
+            self.first_bad_step = step
+        module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if not loss_ok:
+            what = "training loss"
+        elif not local_ok:
+            names = _names(module)
+            bad = [names.get(id(p), "?") for p, fine in zip(params, grads_ok) if not fine]
+            what = f"gradients (the loss was finite; {len(bad)} of {len(params)} tensors: {_shown(bad)})"
+        else:
+            what = "loss or gradients on another process"
+        if self.consecutive > self.max_skipped_steps:
+            streak = (
+                f"{self.consecutive} consecutive updates skipped since step {self.first_bad_step}, "
+                f"more than max_skipped_steps={self.max_skipped_steps}; the weights are those of step "
+                f"{self.first_bad_step}"
+            )
+            raise FloatingPointError(
+                f"non-finite {what} at step {step} ({streak}); the run stops before applying it, so the "
+                f"weights, the optimizer state and every checkpoint it wrote are finite: {RESUME_ADVICE}"
+            )
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"non-finite {what} at step {step}: update skipped ({self.consecutive} in a row, at most "
+            f"{self.max_skipped_steps}; {self.skipped_steps} in this run)"
+        )
+        return False
+
+    def after_optimizer_step(self, module: Any, optimizer: Any) -> None:
+        """Stop the run, before any checkpoint of this step is written, when the update made
+        a weight or its optimizer state non-finite (the loss and gradients were finite)."""
+        optimizer = _unwrap(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        tensors, owners = [], []
+        for p in params:
+            tensors.append(p.detach())
+            owners.append((p, "weight"))
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    tensors.append(value)
+                    owners.append((p, key))
+        flags = _all_finite(tensors)
+        local_ok = all(flags)
+        if module.trainer.strategy.reduce_boolean_decision(local_ok, all=True):
+            return
+        names = _names(module)
+        bad = [f"{names.get(id(p), '?')} ({kind})" for (p, kind), fine in zip(owners, flags) if not fine]
+        where = f"{len(bad)} tensors: {_shown(bad)}" if bad else "on another process"
+        raise FloatingPointError(
+            f"the update of step {module.trainer.global_step} made weights or optimizer state non-finite "
+            f"({where}) although the loss and gradients were finite; the run stops before saving it, so "
+            f"every checkpoint it wrote is finite: {RESUME_ADVICE}"
+        )
+
+
+def nonfinite_guard(module: Any) -> NonFiniteGuard:
+    """The module's :class:`NonFiniteGuard`, made on first use with the module's
+    ``max_skipped_steps`` hyperparameter (default :data:`DEFAULT_MAX_SKIPPED_STEPS`)."""
+    guard = module.__dict__.get("_nonfinite_guard")
+    if guard is None:
+        hparams = getattr(module, "hparams", {})
+        limit = hparams.get("max_skipped_steps") if hasattr(hparams, "get") else None
+        guard = NonFiniteGuard(DEFAULT_MAX_SKIPPED_STEPS if limit is None else limit)
+        module.__dict__["_nonfinite_guard"] = guard
+    return guard
