@@ -103,12 +103,14 @@ class Faults:
         monkeypatch.setattr(pretraining.FlavaForPretraining, "forward", forward)
 
 
-@pytest.mark.parametrize("fault", ["grad", "loss"])
+@pytest.mark.parametrize("fault", ["grad", "loss", "loss-accumulated"])
 def test_a_non_finite_update_is_skipped_and_the_run_goes_on(tmp_path, monkeypatch, fault):
     """Non-finite gradients with a finite loss, or a NaN loss, at step 2: that update is
-    skipped, the run reaches its last step, and the checkpoint is finite."""
-    Faults(monkeypatch, **{fault: [2]})
-    main(pretrain_args(tmp_path, 5))
+    skipped, the run reaches its last step, and the checkpoint is finite. With gradient
+    accumulation a NaN loss in one micro-batch (the first of step 2) skips that step."""
+    accumulated = fault == "loss-accumulated"
+    Faults(monkeypatch, **{fault.removesuffix("-accumulated"): [4 if accumulated else 2]})
+    main(pretrain_args(tmp_path, 5, f"--trainer.accumulate_grad_batches={2 if accumulated else 1}"))
     ckpt = finite_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 5
     assert adam_steps(ckpt) == 4  # the schedule and global_step advanced; the weights did not move
@@ -247,4 +249,30 @@ def test_a_bad_update_on_another_process_is_skipped_here_too():
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters())) and not optimizer.state
     layer(torch.ones(1, 2)).sum().backward()
     with pytest.raises(FloatingPointError, match="another process at step 7"):
+        guard.before_optimizer_step(module, optimizer)
+
+
+def test_under_a_gradient_scaler_overflowing_gradients_are_left_to_the_scaler():
+    """16-mixed: the GradScaler skips steps with overflowing gradients and lowers its scale,
+    so those do not count as skipped steps here; a non-finite loss still does."""
+    from types import SimpleNamespace
+
+    from flava_zoo.training.guard import NonFiniteGuard
+
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision), global_step=0,
+        lr_scheduler_configs=[], optimizers=[optimizer], precision_plugin=SimpleNamespace(scaler=object()),
+    )  # fmt: skip
+    module = SimpleNamespace(trainer=trainer, hparams={}, named_parameters=layer.named_parameters,
+                             log=lambda *a, **k: None)  # fmt: skip
+    guard = NonFiniteGuard(max_skipped_steps=0)
+    loss = layer(torch.ones(1, 2)).sum()
+    guard.observe_loss(loss)
+    (loss * 1e39).backward()  # a scaled loss whose gradients overflow
+    assert not torch.isfinite(layer.weight.grad).all()
+    assert guard.before_optimizer_step(module, optimizer) and guard.skipped_steps == 0
+    guard.observe_loss(loss * NAN)
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
         guard.before_optimizer_step(module, optimizer)
