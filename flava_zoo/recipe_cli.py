@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = ["EVALUATION_COMMANDS", "CommandError", "FlavaCLI", "find_checkpoint"]
@@ -169,11 +170,63 @@ class FlavaCLI(LightningCLI):
         )
 
 
+class SigtermCheckpoint(Callback):
+    """Save ``last.ckpt`` when a run is stopped by SIGTERM (a preemption, a job limit).
+
+    Lightning 2.6 turns SIGTERM into a ``SIGTERMException`` at the next batch boundary, a
+    ``SystemExit`` without a code (so the process would exit 0 with nothing exported). In
+    ``fit`` this callback then saves the whole training state where the recipe's
+    ``ModelCheckpoint`` writes (``<dirpath>/last.ckpt``; without one,
+    ``<default_root_dir>/checkpoints/last.ckpt``), so ``--ckpt_path last`` resumes it, and
+    records the step and the file for :func:`run_lightning`'s message. A run that fails
+    after a SIGTERM arrived (data-loader workers killed by the same signal) counts as stopped
+    by it too.
+    """
+
+    def __init__(self) -> None:
+        self.stopped_at: int | None = None
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """On a SIGTERM stop of ``fit``, save ``last.ckpt`` (replacing a ``save_last="link"`` link)."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not (isinstance(exception, SIGTERMException) or trainer.received_sigterm):
+            return
+        self.stopped_at = int(trainer.global_step)
+        if trainer.state.fn != "fit":
+            return
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        folder = Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        if trainer.is_global_zero and path.is_symlink():
+            path.unlink()
+        # data-loader workers stopped by the same signal must not interrupt the save (torch's
+        # SIGCHLD handler raises in the main process when a worker dies)
+        import signal
+        import threading
+
+        sigchld = getattr(signal, "SIGCHLD", None)
+        quiet = sigchld is not None and threading.current_thread() is threading.main_thread()
+        previous = signal.signal(sigchld, signal.SIG_DFL) if quiet else None
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            if quiet:
+                signal.signal(sigchld, previous)
+        self.saved = path
+
+
 def run_lightning(argv: list[str]) -> int:
     """Run :class:`FlavaCLI` on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` ...);
-    a :class:`CommandError` is printed as one line and returns 1."""
+    a :class:`CommandError` is printed as one line and returns 1. A run stopped by SIGTERM
+    returns 143 (128 + SIGTERM) with a message saying so; ``fit`` first saves ``last.ckpt``
+    (:class:`SigtermCheckpoint`) and the message names it and how to resume."""
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    command = argv[0] if argv else "lightning"
+    stop = SigtermCheckpoint()
     try:
         FlavaCLI(
             L.LightningModule,
@@ -183,9 +236,21 @@ def run_lightning(argv: list[str]) -> int:
             args=argv,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [stop]},
         )
     except CommandError as err:
-        command = argv[0] if argv else "lightning"
         print(f"flava-zoo {command}: {err}", file=sys.stderr)
         return 1
+    except BaseException as err:
+        if not isinstance(err, SIGTERMException) and stop.stopped_at is None:
+            raise
+        at = f" at step {stop.stopped_at}" if stop.stopped_at is not None else ""
+        if stop.saved is not None:
+            done = f"checkpoint saved to {stop.saved}; resume with --ckpt_path last"
+        else:
+            done = "nothing was saved"
+        if not isinstance(err, SIGTERMException):
+            done += f" (then {type(err).__name__}: {err})"
+        print(f"flava-zoo {command}: stopped by SIGTERM{at}; {done}", file=sys.stderr)
+        return 143
     return 0

@@ -513,6 +513,7 @@ def test_multi_source_datamodule_trains_flava_tiny(
         ],
         tokenizer=str(tokenizer_dir),
         image_size=64,
+        max_length=32,  # flava-tiny has 64 text positions; the default 77 is refused at setup
         batch_size=2,
         schedule="round_robin",
         batches_per_epoch=4,

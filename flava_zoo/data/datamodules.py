@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
@@ -11,6 +13,61 @@ from .collate import pretrain_collator
 from .shapes import ShapesImages, ShapesPairs, ShapesTexts, ShapesWorld
 
 STAGES = ("image", "text", "multimodal")
+
+
+def _reads(datamodule: Any) -> tuple[bool, bool]:
+    """``(text, images)``: whether ``datamodule`` feeds the model text and images."""
+    hparams = getattr(datamodule, "hparams", {}) or {}
+    inputs = getattr(datamodule, "inputs", None)  # downstream TaskData
+    if isinstance(inputs, str):
+        return inputs != "image", inputs != "text"
+    if hparams.get("stage") in STAGES:  # ShapesPretrainData
+        return hparams["stage"] != "image", hparams["stage"] != "text"
+    specs = getattr(datamodule, "sources", None)  # MultiSourceDataModule
+    if isinstance(specs, list) and all(isinstance(s, dict) and "kind" in s for s in specs):
+        kinds = {s["kind"] for s in specs + list(getattr(datamodule, "val_sources", []) or [])}
+        return bool(kinds - {"images"}), bool(kinds - {"text"})
+    return getattr(datamodule, "tokenizer", None) is not None, "image_size" in hparams
+
+
+def check_data_fits_model(datamodule: Any, config: Any, model: str = "the model") -> None:
+    """Refuse, before the first step, data that model ``model`` (config ``config``, a
+    :class:`~flava_zoo.config.FlavaConfig`) cannot take, naming both numbers and the field to
+    change: a text ``max_length`` above ``text.max_position_embeddings`` (the first longer
+    caption would crash training), an ``image_size`` that is not a multiple of
+    ``image.patch_size`` (any multiple works: position embeddings interpolate), and an image
+    masker ``patch_size`` other than the model's. Only what the data module feeds is checked
+    (a text-only module has no images); settings it lacks are left alone."""
+    hparams = getattr(datamodule, "hparams", {}) or {}
+    text, images = _reads(datamodule)
+    name = type(datamodule).__name__
+    max_length = hparams.get("max_length")
+    positions = config.text.max_position_embeddings
+    if text and max_length is not None and int(max_length) > positions:
+        raise ValueError(
+            f"{name} max_length {max_length} exceeds the text.max_position_embeddings {positions} "
+            f"of {model}: the first text longer than {positions} tokens would crash training; set "
+            f"the data's max_length (--data.init_args.max_length) to at most {positions}, or use "
+            "a model with more text positions"
+        )
+    if not images:
+        return
+    patch = config.image.patch_size
+    image_size = hparams.get("image_size")
+    if image_size is not None and int(image_size) % patch:
+        fit = max(patch, int(image_size) // patch * patch)
+        raise ValueError(
+            f"{name} image_size {image_size} is not a multiple of the image.patch_size {patch} "
+            f"of {model}: set the data's image_size (--data.init_args.image_size) to a multiple "
+            f"of {patch}, e.g. {fit}"
+        )
+    masker_patch = hparams.get("patch_size")
+    if masker_patch is not None and int(masker_patch) != patch:
+        raise ValueError(
+            f"{name} patch_size {masker_patch} differs from the image.patch_size {patch} of "
+            f"{model}: the image masks would not match the model's patches; set the data's "
+            f"patch_size (--data.init_args.patch_size) to {patch}"
+        )
 
 
 def shapes_tokenizer(

@@ -3,8 +3,8 @@
 Every reader yields the sample dicts that :class:`~flava_zoo.data.collate.PretrainCollator`
 takes (``image`` and / or ``text``, plus ``source``: where the sample came from, as
 ``file:line`` or ``shard:key``). A bad sample (a missing or corrupt image, an empty caption or
-text, a broken shard member) becomes ``None`` with a :class:`DataSkipWarning` naming its
-source and the reason. The data modules read through :class:`ReplaceUnreadable` /
+text, a manifest or corpus line that is not UTF-8, a broken shard member) becomes ``None``
+with a :class:`DataSkipWarning` naming its source and the reason. The data modules read through :class:`ReplaceUnreadable` /
 :func:`replace_unreadable_stream` (and :class:`MultiSourceBatches` replaces the same way), so
 a bad sample is replaced by another readable sample of the same rank and never changes a
 batch's size (DDP ranks must contribute equal rows to the contrastive all-gather); the
@@ -66,6 +66,21 @@ def _skip(source: str, reason: str, strict: bool, error: BaseException | None = 
     if strict:
         raise BadSampleError(f"{source}: {reason}") from error
     warnings.warn(f"{source}: skipped sample: {reason}", DataSkipWarning, stacklevel=3)
+    return None
+
+
+def _utf8_error(text: str) -> str | None:
+    """Why ``text`` (read with ``errors="surrogateescape"``) is not valid UTF-8, else ``None``.
+
+    Undecodable bytes come through as lone surrogates U+DC80-U+DCFF, which cannot be encoded
+    back to UTF-8: the first one names the byte and its position (1-based, in characters).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(text[error.start]) - 0xDC00
+        shown = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else f"character {text[error.start]!r}"
+        return f"not valid UTF-8 ({shown} at character {error.start + 1})"
     return None
 
 
@@ -150,6 +165,11 @@ class PairManifest(Dataset):
     and field. Images are only opened when a sample is read: a missing or corrupt image, or
     a row without a non-empty caption, gives ``None`` and a :class:`DataSkipWarning` naming
     ``file:line`` (``strict=False``), or raises :class:`BadSampleError` (``strict=True``).
+    A line (JSONL) or row (CSV / TSV) holding bytes that are not UTF-8 is kept as a bad
+    sample: reading it gives ``None`` and a :class:`DataSkipWarning` naming ``file:line``
+    and the byte, so the collator counts it; with ``strict=True`` the dataset is refused
+    when built (:class:`BadSampleError`, a ``ValueError``, naming ``file:line``). A header
+    row that is not UTF-8 always raises ``ValueError``.
 
     Samples: ``{"image": transform(RGB PIL image), "text": str, "source": "file:line"}``;
     without a transform the image stays a PIL image.
@@ -192,6 +212,7 @@ class PairManifest(Dataset):
         self._images: list[str] = []
         self._captions: list[tuple[str, ...]] = []
         self._lines: list[int] = []
+        self._bad: dict[int, str] = {}
         suffix = self.path.suffix.lower()
         if suffix == ".jsonl":
             self._read_jsonl()
@@ -218,10 +239,23 @@ class PairManifest(Dataset):
         self._captions.append(tuple(c.strip() for c in captions) or ("",))
         self._lines.append(line)
 
+    def _add_bad(self, line: int, reason: str) -> None:
+        """Keep an undecodable line as a bad row (strict: refuse the manifest now)."""
+        if self.strict:
+            raise BadSampleError(f"{self.path}:{line}: {reason}")
+        self._bad[len(self._images)] = reason
+        self._images.append("")
+        self._captions.append(("",))
+        self._lines.append(line)
+
     def _read_jsonl(self) -> None:
-        with self.path.open(encoding="utf-8-sig") as handle:
+        with self.path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
             for line, raw in enumerate(handle, 1):
                 if not raw.strip():
+                    continue
+                undecodable = _utf8_error(raw)
+                if undecodable is not None:
+                    self._add_bad(line, undecodable)
                     continue
                 try:
                     record = json.loads(raw)
@@ -250,11 +284,14 @@ class PairManifest(Dataset):
 
     def _read_table(self, delimiter: str) -> None:
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        with self.path.open(encoding="utf-8-sig", newline="") as handle:
+        with self.path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{self.path}: empty manifest, expected a header row")
+            undecodable = _utf8_error(delimiter.join(header))
+            if undecodable is not None:
+                raise ValueError(f"{self.path}:1: the header row is {undecodable}")
             header = [name.strip() for name in header]
             keys = self.caption_keys or ["captions" if "captions" in header else "caption"]
             for key in [self.image_key, *keys]:
@@ -268,6 +305,16 @@ class PairManifest(Dataset):
             for row in reader:
                 line, end = end + 1, reader.line_num
                 if not row or not any(cell.strip() for cell in row):
+                    continue
+                undecodable = None
+                for col, cell in enumerate(row):
+                    error = _utf8_error(cell)
+                    if error is not None:
+                        name = header[col] if col < len(header) else f"#{col + 1}"
+                        undecodable = f"column {name!r} is {error}"
+                        break
+                if undecodable is not None:
+                    self._add_bad(line, undecodable)
                     continue
                 if len(row) < len(header):
                     raise ValueError(
@@ -296,6 +343,8 @@ class PairManifest(Dataset):
     def __getitem__(self, index: int) -> Sample | None:
         row, which = self._index[index] if self._index is not None else (index, None)
         source = f"{self.path}:{self._lines[row]}"
+        if row in self._bad:
+            return _skip(source, self._bad[row], self.strict)
         captions = self._captions[row]
         text = captions[which] if which is not None else _pick_caption(captions, self.captions)
         if not text:
@@ -364,7 +413,9 @@ class TextCorpus(Dataset):
     holds one JSON object per non-blank line with the text under ``text_key``; an unparsable
     line or a missing field raises ``ValueError`` naming file, line and field when the
     corpus is built, an empty text is skipped (``None`` + :class:`DataSkipWarning`) or raises
-    (``strict=True``) when read. Only byte offsets are kept in memory; lines are read on access.
+    (``strict=True``) when read. A line that is not UTF-8 is skipped the same way when read,
+    naming ``file:line``; a strict corpus refuses an undecodable JSONL line when built
+    (:class:`BadSampleError`). Only byte offsets are kept in memory; lines are read on access.
 
     Samples: ``{"text": str, "source": "file:line"}``.
 
@@ -402,7 +453,9 @@ class TextCorpus(Dataset):
                 for line, raw in enumerate(handle, 1):
                     if raw.strip():
                         if suffix == ".jsonl":
-                            self._parse(path, line, raw)
+                            text = self._decode(path, line, raw)
+                            if text is not None:
+                                self._parse(path, line, text)
                         file_ids.append(file_id)
                         offsets.append(offset)
                         lines.append(line)
@@ -413,7 +466,17 @@ class TextCorpus(Dataset):
         self._offsets = np.asarray(offsets, dtype=np.int64)
         self._lines = np.asarray(lines, dtype=np.int64)
 
-    def _parse(self, path: Path, line: int, raw: bytes) -> str:
+    def _decode(self, path: Path, line: int, raw: bytes) -> str | None:
+        """``raw`` as text (a UTF-8 BOM dropped); ``None`` when it is not UTF-8, or in a
+        strict corpus :class:`BadSampleError` naming ``file:line``."""
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            if self.strict:
+                raise BadSampleError(f"{path}:{line}: not valid UTF-8: {error}") from error
+            return None
+
+    def _parse(self, path: Path, line: int, raw: str | bytes) -> str:
         try:
             record = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -439,13 +502,12 @@ class TextCorpus(Dataset):
         with path.open("rb") as handle:
             handle.seek(int(self._offsets[index]))
             raw = handle.readline()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            return _skip(source, f"not valid UTF-8: {error}", self.strict, error)
         if path.suffix.lower() == ".jsonl":
-            text = self._parse(path, line, raw)
-        else:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return _skip(source, f"not valid UTF-8: {error}", self.strict, error)
+            text = self._parse(path, line, text)
         text = text.strip()
         if not text:
             return _skip(source, "empty text", self.strict)

@@ -210,6 +210,15 @@ class DownstreamModule(L.LightningModule):
             )
 
     # ------------------------------------------------------------------- data
+    def check_data_fits(self, dm: L.LightningDataModule) -> None:
+        """Refuse, at setup (before the first step), data the backbone cannot take: a text
+        ``max_length`` above its ``text.max_position_embeddings`` or an ``image_size`` that is
+        not a multiple of its ``image.patch_size``; the message names both numbers and the
+        data field to change (:func:`~flava_zoo.data.datamodules.check_data_fits_model`)."""
+        from ..data.datamodules import check_data_fits_model
+
+        check_data_fits_model(dm, self.model.config, str(self.hparams.model))
+
     def task_data(self) -> TaskData:
         """The trainer's data module; it must be a :class:`TaskData`."""
         trainer = self._trainer

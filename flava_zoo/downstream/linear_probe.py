@@ -315,6 +315,7 @@ class LinearProbe(DownstreamModule):
                 "gradient), then `flava-zoo predict` with the classifier it saved"
             )
         dm = self.task_data()
+        self.check_data_fits(dm)
         if dm.family.name == "retrieval" or dm.is_regression or dm.family.name == "vqa":
             raise ValueError(f"a linear probe needs single-label classification, not {dm.task_name}")
         n = dm.num_labels

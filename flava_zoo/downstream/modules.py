@@ -150,6 +150,7 @@ class FinetuneModule(DownstreamModule):
         if hp.inputs is not None and hp.inputs != dm.inputs:
             raise ValueError(f"{dm.task_name} reads {dm.inputs} inputs, but the module was given inputs={hp.inputs!r}")
         self.check_restored_task(dm)
+        self.check_data_fits(dm)
         inputs = dm.inputs
         n = dm.num_labels
         names = dm.label_names

@@ -106,6 +106,7 @@ class RetrievalModule(DownstreamModule):
 
     def setup(self, stage: str) -> None:
         dm = self.task_data()
+        self.check_data_fits(dm)
         if dm.family.name != "retrieval":
             raise ValueError(f"RetrievalModule needs a retrieval task, not {dm.task_name}")
         dm.attach_model(self.hparams.model, self.model.config.text.vocab_size)

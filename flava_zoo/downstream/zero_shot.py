@@ -135,6 +135,7 @@ class ZeroShotClassifier(DownstreamModule):
         if stage not in ("test", "predict"):
             raise ValueError("zero-shot classification runs with `flava-zoo test` or `flava-zoo predict`")
         dm = self.task_data()
+        self.check_data_fits(dm)
         if dm.family.name != "image_classification":
             raise ValueError(f"zero-shot classification needs an image classification task, not {dm.task_name}")
         names = list(self.hparams.class_names or dm.label_names)

@@ -125,6 +125,15 @@ class FlavaPretrainModule(L.LightningModule):
         """The :class:`FlavaModel` being trained."""
         return self.objective.model
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before the first step, a data module whose text ``max_length`` or images
+        the model cannot take (:func:`~flava_zoo.data.datamodules.check_data_fits_model`)."""
+        from ..data.datamodules import check_data_fits_model
+
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            check_data_fits_model(datamodule, self.model.config, str(self.hparams.model))
+
     def _freeze(self, stage: str, freeze: set[str], weights: dict[str, float]) -> list[str]:
         """Stop gradients for everything this stage does not train; return the frozen names."""
         obj, model = self.objective, self.objective.model
