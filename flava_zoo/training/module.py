@@ -34,6 +34,19 @@ STAGE_WEIGHTS = {
     "multimodal": {"contrastive": 1.0, "itm": 1.0, "mmm_image": 1.0, "mmm_text": 1.0},
 }
 TOWERS = {"image": "image_encoder", "text": "text_encoder", "fusion": "fusion_encoder"}
+OPTIMIZER_HPARAMS = ("lr", "lr_multipliers", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
+                     "decay_steps")
+"""Hyperparameters that shape the optimizer and its schedule: given anew on resume, they take
+effect (:meth:`FlavaPretrainModule.on_train_start`)."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and mappings as dicts, to compare saved and given hparams."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 class FlavaPretrainModule(L.LightningModule):
@@ -259,20 +272,99 @@ class FlavaPretrainModule(L.LightningModule):
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio, hp.get("decay_steps"))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the resumed checkpoint's optimizer hyperparameters (see :meth:`on_train_start`)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        self._resumed_hparams = {k: saved.get(k) for k in OPTIMIZER_HPARAMS if k in saved}
+
+    def on_train_start(self) -> None:
+        """On resume, make optimizer hyperparameters given anew take effect.
+
+        Lightning restores the optimizer's ``param_groups`` (``lr``, ``initial_lr``,
+        ``weight_decay``, ``betas``) and the scheduler's ``base_lrs`` from the checkpoint, so a
+        run resumed with ``--model.init_args.lr=X`` would silently train at the old rate while
+        its new checkpoints record X. When any of :data:`OPTIMIZER_HPARAMS` differs from the
+        checkpoint's, the groups and the schedule are rebuilt from this run's values at the
+        restored step (the schedule's shape always follows this run's ``warmup_steps``,
+        ``decay_steps``, ``min_lr_ratio`` and length), and a warning names what changed.
+        """
+        saved = getattr(self, "_resumed_hparams", None)
+        self._resumed_hparams = None
+        if not saved:
+            return
+        changed = {
+            k: (saved[k], self.hparams.get(k))
+            for k in saved
+            if _plain(saved[k]) != _plain(self.hparams.get(k))
+        }
+        if not changed:
+            return
+        self._apply_optimizer_hparams()
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        rank_zero_warn(
+            f"resumed at step {self.global_step} with new optimizer hyperparameters ({what}): "
+            "the optimizer and the learning-rate schedule now use them"
+        )
+
+    def _apply_optimizer_hparams(self) -> None:
+        """Set the restored optimizer's groups and scheduler to this run's hyperparameters."""
+        hp = self.hparams
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        mults = {f"model.{TOWERS[k]}": v for k, v in (hp.lr_multipliers or {}).items()}
+        fresh = param_groups(self.objective, hp.lr, hp.weight_decay, mults)
+        if len(fresh) != len(optimizer.param_groups):
+            raise ValueError(
+                f"cannot resume: lr_multipliers {hp.lr_multipliers!r} give {len(fresh)} parameter "
+                f"groups, the checkpoint's optimizer has {len(optimizer.param_groups)}"
+            )
+        for group, new in zip(optimizer.param_groups, fresh):
+            group.update(initial_lr=new["lr"], weight_decay=new["weight_decay"],
+                         betas=tuple(hp.betas), lr_multiplier=new["lr_multiplier"])
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if scheduler is None:
+                continue
+            scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+            lrs = [
+                base * factor(scheduler.last_epoch)
+                for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)
+            ]
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+            scheduler._last_lr = lrs
+
     def on_train_end(self) -> None:
         """Export the trained weights (and the data module's tokenizer) when ``export_dir`` is set."""
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.export(self.hparams.export_dir)
 
-    def export(self, directory: str | Path) -> Path:
-        """Write the backbone as safetensors + config.json, the heads this stage trains as
-        ``heads.safetensors``, and the tokenizer if one is known."""
-        obj = self.objective
+    def export(self, directory: str | Path, card: dict[str, Any] | None = None) -> Path:
+        """Write an export folder (:func:`~flava_zoo.checkpoint.save_pretrained`, replaced as a
+        whole): the backbone, the heads this stage trains (``heads.safetensors``), the data
+        module's tokenizer when there is one, and a model card with the training facts
+        (command line, stage, steps, starting weights, loss weights). ``card`` adds or
+        replaces facts, e.g. a run's ``stages`` list and ``metrics``."""
+        import shlex
+        import sys
+
+        obj, hp = self.objective, self.hparams
         weights = asdict(obj.weights)
         heads = {name: getattr(obj, name, None) for term, name in HEAD_TERMS.items() if weights[term] > 0}
-        path = save_pretrained(self.model, directory, metadata={"stage": self.hparams.stage}, heads=heads)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.save(path)
-        return path
+        steps = int(self.trainer.global_step) if self._trainer is not None else 0
+        stage = {"stage": hp.stage, "steps": steps, "lr": hp.lr}
+        stage |= {k: hp[k] for k in ("init_from", "init_image_from", "init_text_from", "freeze") if hp.get(k)}
+        facts: dict[str, Any] = {
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+            if sys.argv and sys.argv[0] not in ("", "-c")
+            else None,
+            "stages": [stage],
+            "loss weights": {k: v for k, v in weights.items() if v > 0},
+            **(card or {}),
+        }
+        return save_pretrained(
+            self.model, directory, metadata={"stage": hp.stage, "steps": steps}, heads=heads,
+            tokenizer=getattr(datamodule, "tokenizer", None), card=facts,
+        )

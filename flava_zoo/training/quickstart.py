@@ -17,16 +17,27 @@ stage 3's learning rate holds its peak after warm-up and decays only over the la
 steps: in stage-3 runs at a held rate, zero-shot R@1 rose sharply between steps 280 and
 350, and a cosine over the whole stage spends half of it below half the peak (default run,
 1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the cosine, at the same 280
-steps and time). The output
-folder holds the final weights (``model.safetensors`` + ``config.json`` + ``vocab.txt``,
-loadable with ``flava_zoo.create_model(DIR)``) and ``metrics.json``: recall and chance in
-percent (its ``"unit": "%"`` says so), ``num_pairs`` a count and ``seconds`` the wall time.
+steps and time).
+
+Output layout, for ``--output DIR``:
+
+- ``DIR/``: the final export, nothing else (:mod:`flava_zoo.checkpoint`: ``model.safetensors``,
+  ``config.json``, ``heads.safetensors``, ``vocab.txt``, ``tokenizer_config.json`` and the
+  model card ``README.md`` with the command, stages, steps and metrics), loadable with
+  ``flava_zoo.create_model(DIR)`` and publishable as it is; replaced as a whole by a rerun.
+- ``DIR.run/metrics.json``: recall and chance in percent (its ``"unit": "%"`` says so),
+  ``num_pairs`` a count and ``seconds`` the wall time.
+- ``DIR.run/stages/``: the tokenizer and each stage's export (``image``, ``text``,
+  ``multimodal``), each stage starting from the one before.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from ..checkpoint import _atomic_write, check_export_target
 from ..data.datamodules import ShapesPretrainData, shapes_tokenizer
 from ..data.shapes import ShapesPairs, ShapesWorld
 from ..evaluation.results import PERCENT
@@ -69,6 +81,17 @@ def evaluate_retrieval(model, tokenizer, world: ShapesWorld, split: str, num_pai
 
 MULTIMODAL_STEPS = 280
 MULTIMODAL_DECAY_STEPS: int | None = 60
+LEGACY_ENTRIES = ("metrics.json", "stages")
+"""What quickstarts before 0.2 wrote inside the export folder; a rerun removes them there."""
+
+
+def run_folder(output: str | Path) -> Path:
+    """The folder beside the export ``output`` for the run's ``metrics.json`` and ``stages/``:
+    ``OUTPUT.run``."""
+    output = Path(output)
+    if output.name in ("", ".", ".."):
+        output = Path(output.absolute().resolve())
+    return output.with_name(output.name + ".run")
 
 
 def _trainer(max_steps: int, progress: bool) -> L.Trainer:
@@ -102,7 +125,8 @@ def run(
     progress: bool = True,
     multimodal_decay_steps: int | None = MULTIMODAL_DECAY_STEPS,
 ) -> dict[str, Any]:
-    """Run the three stages and the evaluation; write weights and ``metrics.json`` to ``output``.
+    """Run the three stages and the evaluation; write the export to ``output`` and
+    ``metrics.json`` and the stage exports beside it, to :func:`run_folder` (``OUTPUT.run``).
 
     The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``.
 
@@ -112,12 +136,20 @@ def run(
     """
     start = time.perf_counter()
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    check_export_target(output, ignore=LEGACY_ENTRIES)  # before minutes of training, not after
+    run_dir = run_folder(output)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = ["flava-zoo", "quickstart", "--output", str(output), "--seed", seed, "--image-steps", image_steps,
+               "--text-steps", text_steps, "--multimodal-steps", multimodal_steps, "--batch-size", batch_size,
+               "--lr", lr, "--multimodal-lr", multimodal_lr, "--multimodal-decay-steps",
+               multimodal_steps if multimodal_decay_steps is None else multimodal_decay_steps,
+               "--eval-pairs", eval_pairs]  # fmt: skip
+    stages: list[dict[str, Any]] = []
     L.seed_everything(seed, verbose=False)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     world = ShapesWorld(seed=seed)
     tokenizer = shapes_tokenizer(world)
-    tokenizer_dir = output / "stages" / "tokenizer"
+    tokenizer_dir = run_dir / "stages" / "tokenizer"
     tokenizer.save(tokenizer_dir)
     previous = None
     for stage, steps in (("image", image_steps), ("text", text_steps), ("multimodal", multimodal_steps)):
@@ -143,18 +175,36 @@ def run(
         began = time.perf_counter()
         _trainer(steps, progress).fit(module, datamodule=data)
         print(f"[quickstart] stage {stage}: {steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
-        previous = str(output / "stages" / stage)
+        previous = str(run_dir / "stages" / stage)
+        facts = {"stage": stage, "steps": steps, "batch_size": batch_size, "lr": module.hparams.lr,
+                 "warmup_steps": module.hparams.warmup_steps, "decay_steps": module.hparams.decay_steps,
+                 "freeze": module.hparams.freeze}  # fmt: skip
+        stages.append({k: v for k, v in facts.items() if v is not None})
         module.export(previous)
     model = module.model
-    final = module.export(output)
-    print(f"[quickstart] weights written to {final}", flush=True)
 
     metrics = evaluate_retrieval(model, tokenizer, world, "test", eval_pairs)
     novel = evaluate_retrieval(model, tokenizer, world, "test_novel", eval_pairs)
     metrics.update({f"novel_{k}": v for k, v in novel.items() if "R@" in k and "chance" not in k})
     metrics["seconds"] = time.perf_counter() - start
     metrics = {"unit": PERCENT, **metrics}
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for name in LEGACY_ENTRIES:  # an export holds nothing else: the run's files live beside it
+        legacy = output / name
+        if legacy.is_dir() and not legacy.is_symlink():
+            shutil.rmtree(legacy)
+        elif os.path.lexists(legacy):
+            legacy.unlink()
+    card = {
+        "title": f"flava-tiny pretrained on the shapes world ({output.name})",
+        "description": "FLAVA's three pretraining stages on flava-zoo's built-in shapes world, "
+        "written by `flava-zoo quickstart`; evaluated zero-shot on held-out test pairs.",
+        "command": shlex.join(str(c) for c in command),
+        "stages": stages,
+        "metrics": metrics,
+    }
+    final = module.export(output, card=card)
+    print(f"[quickstart] weights written to {final}", flush=True)
+    _atomic_write(run_dir / "metrics.json", lambda p: Path(p).write_text(json.dumps(metrics, indent=2)))
     print_table(metrics)
     return metrics
 
@@ -180,7 +230,10 @@ def print_table(metrics: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``flava-zoo quickstart [--output DIR] [--seed N] ...``."""
     parser = argparse.ArgumentParser(prog="flava-zoo quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="quickstart_out", help="folder for weights and metrics.json")
+    parser.add_argument(
+        "--output", default="quickstart_out",
+        help="folder for the export; metrics.json and the stages go to OUTPUT.run beside it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-steps", type=int, default=100)
     parser.add_argument("--text-steps", type=int, default=100)

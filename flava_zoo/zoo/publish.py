@@ -1,12 +1,18 @@
 """Publishing a model trained here: an exported folder becomes a registry entry.
 
 ``flava-zoo zoo publish EXPORT_DIR --name flava-tiny.shapes --url-base URL -o registry.json``
-hashes the folder's files (``config.json``, ``model.safetensors`` and, when present,
-``vocab.txt`` and the pretraining heads ``heads.safetensors``), and writes an entry with their URLs under ``URL``, sha256, sizes, the full
-config and the training metadata. Copy the folder's files to ``URL`` (any HTTP server, or a
-shared disk for a path or ``file://`` base) and the registry file anywhere users can reach;
-they then ``add_registry`` it (or list it in ``FLAVA_ZOO_REGISTRY``) and call
-``create_model("flava-tiny.shapes")``. A relative ``URL`` (``.``) is resolved against the
+hashes exactly the export's files: those its ``config.json`` lists (see
+:mod:`flava_zoo.checkpoint`) and any export file put in the folder since (a tokenizer saved
+into it), by role: ``config`` (``config.json``), ``weights`` (``model.safetensors``),
+``heads`` (``heads.safetensors``, pretraining heads), ``vocab`` (``vocab.txt``),
+``tokenizer_config`` (``tokenizer_config.json``; its settings are also inlined as the
+entry's ``tokenizer``) and ``card`` (``README.md``, the model card). Anything else in the
+folder (a ``registry.json`` written beside the files) is not part of the export and is left
+out. The entry holds their URLs under ``URL``, sha256, sizes, the full config, the transform
+settings the export stores and the training metadata. Copy the folder's files to ``URL``
+(any HTTP server, or a shared disk for a path or ``file://`` base) and the registry file
+anywhere users can reach; they then ``add_registry`` it (or list it in
+``FLAVA_ZOO_REGISTRY``) and call ``create_model("flava-tiny.shapes")``. A relative ``URL`` (``.``) is resolved against the
 registry file's own location, so registry and files can be hosted side by side.
 """
 
@@ -17,12 +23,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CONFIG_NAME, HEADS_NAME, WEIGHTS_NAME, read_config
+from ..checkpoint import (
+    CARD_NAME,
+    CONFIG_NAME,
+    HEADS_NAME,
+    TOKENIZER_CONFIG_NAME,
+    VOCAB_NAME,
+    WEIGHTS_NAME,
+    default_transform,
+    read_config,
+)
 from .download import _scheme, _write_json, sha256_file
 from .registry import FORMAT_VERSION, parse_entry
 
-VOCAB_NAME = "vocab.txt"
-TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+ROLES = {
+    CONFIG_NAME: "config",
+    WEIGHTS_NAME: "weights",
+    HEADS_NAME: "heads",
+    VOCAB_NAME: "vocab",
+    TOKENIZER_CONFIG_NAME: "tokenizer_config",
+    CARD_NAME: "card",
+}
+"""The registry role of each file an export may hold."""
 
 
 def _join(url_base: str, filename: str) -> str:
@@ -48,11 +70,14 @@ def make_entry(
     directory = Path(export_dir)
     config = read_config(directory)
     record = json.loads((directory / CONFIG_NAME).read_text())
-    names = {"config": CONFIG_NAME, "weights": WEIGHTS_NAME}
-    if (directory / VOCAB_NAME).is_file():
-        names["vocab"] = VOCAB_NAME
-    if (directory / HEADS_NAME).is_file():
-        names["heads"] = HEADS_NAME
+    # the files config.json lists (all of them must be there), and an export file put in
+    # the folder after it was written (a tokenizer saved into it)
+    listed = set(record.get("files") or [CONFIG_NAME, WEIGHTS_NAME])
+    listed |= {filename for filename in ROLES if (directory / filename).is_file()}
+    unknown = sorted(set(listed) - set(ROLES))
+    if unknown:
+        raise ValueError(f"{directory / CONFIG_NAME} lists files {unknown} that no registry role holds")
+    names = {ROLES[filename]: filename for filename in ROLES if filename in listed}
     files = {}
     for role, filename in names.items():
         path = directory / filename
@@ -73,13 +98,7 @@ def make_entry(
         "license": license,
         "files": files,
         "config": config.to_dict(),
-        "transform": {
-            "image_size": config.image.image_size,
-            "mean": list(_flava_stats()[0]),
-            "std": list(_flava_stats()[1]),
-            "interpolation": "bicubic",
-            "resize": "shorter side, then centre crop",
-        },
+        "transform": dict(record.get("transform") or default_transform(config)),
     }
     if "vocab" in files:
         tokenizer: dict[str, Any] = {"vocab": "vocab", "lowercase": True, "max_length": 77}
@@ -103,12 +122,6 @@ def make_entry(
         }
     parse_entry(name, entry, "publish")
     return entry
-
-
-def _flava_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from ..transforms import FLAVA_MEAN, FLAVA_STD
-
-    return FLAVA_MEAN, FLAVA_STD
 
 
 def publish(
@@ -155,4 +168,4 @@ def publish(
     return entry
 
 
-__all__ = ["make_entry", "publish"]
+__all__ = ["ROLES", "make_entry", "publish"]
