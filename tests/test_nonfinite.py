@@ -212,6 +212,33 @@ def test_finetuning_skips_a_nan_loss_and_resumes_at_a_lower_rate(tmp_path, monke
     assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([g["initial_lr"] for g in groups])
 
 
+def test_retrieval_finetuning_skips_a_nan_loss(tmp_path, monkeypatch):
+    """RetrievalModule shares the downstream guard: a NaN contrastive loss at step 1 is
+    skipped and the checkpoint stays finite."""
+    from flava_zoo import losses
+
+    real = losses.contrastive_loss
+    calls = {"n": 0}
+
+    def contrastive(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * NAN if calls["n"] == 2 else value
+
+    monkeypatch.setattr(losses, "contrastive_loss", contrastive)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "finetune" / "shapes_retrieval.yaml"
+    main([
+        "fit", "--config", str(recipe), "--data.init_args.train_size=16", "--data.init_args.val_size=8",
+        "--data.init_args.test_size=8", "--data.init_args.batch_size=4", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+        "--trainer.callbacks.init_args.every_n_train_steps=1",
+        f"--trainer.callbacks.init_args.dirpath={tmp_path / 'checkpoints'}",
+    ])  # fmt: skip
+    ckpt = finite_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3 and adam_steps(ckpt) == 2
+
+
 def test_a_bad_update_on_another_process_is_skipped_here_too():
     """Under DDP the decision is all-reduced: when another rank saw a non-finite loss or
     gradient (the strategy's reduced decision is False), this rank skips the same update,

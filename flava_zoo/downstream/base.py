@@ -209,6 +209,23 @@ class DownstreamModule(L.LightningModule):
                 f"{dm.task_name!r}: evaluate it on its own task"
             )
 
+    # ------------------------------------------------------------- training
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip an update whose loss or gradients are not finite, or stop the run after
+        ``max_skipped_steps`` in a row (:mod:`flava_zoo.training.guard`; a module that trains
+        reports its loss with ``nonfinite_guard(self).observe_loss(loss)``)."""
+        from ..training.guard import nonfinite_guard
+
+        nonfinite_guard(self).before_optimizer_step(self, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, then stop before any checkpoint if it made a weight or its
+        optimizer state non-finite."""
+        from ..training.guard import nonfinite_guard
+
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        nonfinite_guard(self).after_optimizer_step(self, optimizer)
+
     # ------------------------------------------------------------------- data
     def check_data_fits(self, dm: L.LightningDataModule) -> None:
         """Refuse, at setup (before the first step), data the backbone cannot take: a text

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..evaluation.metrics import VQAAccuracy, glue_metrics, glue_predictions, memes_metrics
 from ..models.heads import ClassificationHead
-from ..training.guard import nonfinite_guard
+from ..training.guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
 from ..training.optim import param_groups, warmup_cosine
 from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
 from .data import TaskData
@@ -78,6 +78,8 @@ class FinetuneModule(DownstreamModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up; a cosine decay follows.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        max_skipped_steps: updates with a non-finite loss or gradient are skipped; this many
+            in a row stop the run (:mod:`flava_zoo.training.guard`).
         results: results file (JSON lines); default ``results.jsonl`` in the run folder.
         label_names: the head's label set (filled in from the data when the module is set up).
         predictions: ``flava-zoo predict``'s output, one JSON line per example (``split``,
@@ -105,6 +107,7 @@ class FinetuneModule(DownstreamModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.0,
+        max_skipped_steps: int = DEFAULT_MAX_SKIPPED_STEPS,
         results: str | None = None,
         label_names: list[str] | None = None,
         predictions: str | None = None,
@@ -249,17 +252,6 @@ class FinetuneModule(DownstreamModule):
         nonfinite_guard(self).observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip an update whose loss or gradients are not finite, or stop the run after
-        ``max_skipped_steps`` (default 10) in a row (:mod:`flava_zoo.training.guard`)."""
-        nonfinite_guard(self).before_optimizer_step(self, optimizer)
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, then stop before any checkpoint if it made a weight or its
-        optimizer state non-finite."""
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        nonfinite_guard(self).after_optimizer_step(self, optimizer)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self(batch)

@@ -23,6 +23,7 @@ from torch import Tensor
 from .. import losses
 from ..evaluation.retrieval import retrieval_recall
 from ..models.heads import ITMHead
+from ..training.guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
 from ..training.optim import param_groups, warmup_cosine
 from .base import DownstreamModule, layer_decay_multipliers, load_itm_head
 from .zero_shot import RERANK_PREFIX, _index, itm_rerank
@@ -52,6 +53,8 @@ class RetrievalModule(DownstreamModule):
         betas: AdamW betas.
         warmup_steps: linear warm-up; a cosine decay follows.
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        max_skipped_steps: updates with a non-finite loss or gradient are skipped; this many
+            in a row stop the run (:mod:`flava_zoo.training.guard`).
         text_batch_size: captions encoded at once during evaluation.
         results: results file; default ``results.jsonl`` in the run folder.
         seed: seed of the ITM negative sampler.
@@ -77,6 +80,7 @@ class RetrievalModule(DownstreamModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.0,
+        max_skipped_steps: int = DEFAULT_MAX_SKIPPED_STEPS,
         text_batch_size: int = 256,
         results: str | None = None,
         seed: int = 0,
@@ -140,6 +144,7 @@ class RetrievalModule(DownstreamModule):
             itm = losses.itm_loss(self.itm_head(cls), labels)
             self.log("train/itm", itm, batch_size=b)
             loss = loss + hp.itm_weight * itm
+        nonfinite_guard(self).observe_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
 
