@@ -5,7 +5,9 @@ and independent of the global RNG (and of whatever else consumes it, such as dat
 augmentation). Inside a ``DataLoader`` worker the generator is re-seeded once from
 ``(seed, worker id)`` so workers do not all produce the same masks; with
 non-persistent workers this sequence restarts every epoch, so prefer
-``persistent_workers=True``.
+``persistent_workers=True``. :meth:`MLMMasker.reseed` / :meth:`BlockMasker.reseed` restart it
+from ``(seed, *key)`` instead: the pretraining data modules key every batch by
+``(epoch, batch, rank)``, so masks survive a resume and do not depend on the workers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from torch.utils.data import get_worker_info
 
 IGNORE_INDEX = -100
 """Label value at positions that carry no MLM loss (``torch.nn.CrossEntropyLoss`` default)."""
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from non-negative integers (``numpy.random.SeedSequence``): distinct
+    tuples give unrelated streams, the same tuple the same one on every platform."""
+    entropy = [int(part) for part in parts]
+    if any(part < 0 for part in entropy):
+        raise ValueError(f"seed parts must be non-negative integers, got {parts}")
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
 
 
 class _SeededSampler:
@@ -40,6 +51,16 @@ class _SeededSampler:
             self._generator.manual_seed((self.seed * 1_000_003 + info.id + 1) % 2**63)
             self._uniforms.clear()
         return self._generator
+
+    def reseed(self, *key: int) -> None:
+        """Restart the generator from ``(seed, *key)`` (e.g. ``(epoch, batch, rank)``), so the
+        next masks depend on that key only: not on the worker, nor on the masks drawn before.
+        :class:`~flava_zoo.data.resume.ResumableDataLoader` batches carry such a key, which
+        makes their masks the same after a resume (and for any ``num_workers``)."""
+        info = get_worker_info()
+        self._worker_id = info.id if info is not None else None
+        self._generator.manual_seed(mix_seed(self.seed, *key))
+        self._uniforms.clear()
 
     def _uniform(self, generator: torch.Generator) -> float:
         """One float in [0, 1) from the generator, drawn in chunks to keep Python loops fast."""

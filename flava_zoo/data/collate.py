@@ -1,7 +1,9 @@
 """Turn a list of samples into a model batch: stack images, tokenize text, apply the maskers.
 
 Masking happens here, at collate time, with the maskers' own generators, so it runs in the
-data-loader workers and is reproducible from the maskers' seeds.
+data-loader workers and is reproducible from the maskers' seeds. Batches of a
+:class:`~flava_zoo.data.resume.ResumableDataLoader` carry an ``(epoch, batch, rank)`` key
+from which the maskers are re-seeded, so their masks survive a resume exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..masking import BlockMasker, MLMMasker
+from .resume import BATCH_KEY
 
 
 class PretrainCollator:
@@ -40,6 +43,13 @@ class PretrainCollator:
         self.image_masker = image_masker
         self.max_length = max_length
 
+    def reseed(self, *key: int) -> None:
+        """Restart both maskers from ``(mask seed, *key, masker)``: the masks of a batch then
+        depend on its key only (see :mod:`flava_zoo.data.resume`)."""
+        for stream, masker in enumerate((self.image_masker, self.mlm_masker)):
+            if hasattr(masker, "reseed"):
+                masker.reseed(*key, stream)
+
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         """Collate ``samples``; see the class docstring for the keys."""
         good = [s for s in samples if s is not None]
@@ -50,6 +60,9 @@ class PretrainCollator:
         replaced = sum(int(s.get("num_skipped", 0)) for s in good)
         batch: dict[str, Any] = {"num_skipped": len(samples) - len(good) + replaced}
         first = good[0]
+        key = first.get(BATCH_KEY)  # (epoch, batch, rank) from a ResumableDataLoader
+        if key is not None:
+            self.reseed(*key)
         if "image" in first:
             images = [s["image"] for s in good]
             if not all(isinstance(im, Tensor) for im in images):

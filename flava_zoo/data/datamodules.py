@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
 from .collate import pretrain_collator
+from .resume import resumable_loader
 from .shapes import ShapesImages, ShapesPairs, ShapesTexts, ShapesWorld
 
 STAGES = ("image", "text", "multimodal")
@@ -170,14 +171,15 @@ class ShapesPretrainData(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # resumable: order, random captions and masks follow (seed, epoch, batch), and
+        # --ckpt_path last continues mid-epoch where the run stopped (data/resume.py)
+        return resumable_loader(
             self.dataset(split),
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             num_workers=self.hparams.num_workers,
             collate_fn=self.collate,
             drop_last=shuffle,
-            persistent_workers=self.hparams.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

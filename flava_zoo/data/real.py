@@ -11,6 +11,13 @@ ranks contribute equal rows to the contrastive all-gather; see
 :class:`~flava_zoo.data.sources.ReplaceUnreadable`) and counted (``num_skipped`` in every
 batch, logged each epoch by the module) or, with ``strict=True``, stop the run at once.
 
+Resume (``--ckpt_path last``): the training loaders' positions are in every checkpoint.
+Map-style datasets are read through :func:`~flava_zoo.data.resume.resumable_loader`, so a
+resumed run trains on exactly the batches (samples, crops, captions, masks) the
+uninterrupted run would have; streams (webdataset, :class:`MultiSourceBatches`) are wrapped
+in :class:`~flava_zoo.data.resume.ResumableStream`, which re-reads the resumed epoch's
+stream and drops what the killed run trained on, so no sample of that epoch repeats.
+
 Distinct data per DDP rank: map-style datasets get Lightning's ``DistributedSampler``;
 webdataset shards are split whole over ranks, then workers; :class:`MultiSourceBatches`
 slices every source by rank itself.
@@ -27,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
 from .collate import PretrainCollator, pretrain_collator
+from .resume import ResumableStream, ResumableStreamLoader, resumable_loader, trainer_progress
 from .sources import (
     DEFAULT_CAPTION_SEPARATOR,
     ImageFolderImages,
@@ -66,6 +74,21 @@ def _current_epoch(module: L.LightningDataModule) -> int:
     return int(trainer.current_epoch) if trainer is not None else 0
 
 
+def _stream_loader(
+    module: L.LightningDataModule, batches: MultiSourceBatches, workers: int
+) -> ResumableStreamLoader:
+    """Training loader of whole batches whose position is checkpointed: a resumed epoch
+    drops the batches the killed run trained on (:class:`ResumableStream`)."""
+    loader = ResumableStreamLoader(
+        ResumableStream(batches),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    loader.progress = trainer_progress(module)
+    return loader
+
+
 class _RealData(L.LightningDataModule):
     """Shared loaders: map-style datasets shuffled for training, iterable ones as they come."""
 
@@ -78,16 +101,28 @@ class _RealData(L.LightningDataModule):
     def _loader(self, dataset: Dataset, train: bool, num_workers: int | None = None) -> DataLoader:
         workers = self.hparams.num_workers if num_workers is None else num_workers
         dataset = replace_unreadable(dataset)  # a bad sample never shrinks a rank's batch
-        iterable = isinstance(dataset, IterableDataset)
-        return DataLoader(
+        if not isinstance(dataset, IterableDataset):  # resumable mid-epoch (data/resume.py)
+            return resumable_loader(
+                dataset,
+                batch_size=self.hparams.batch_size,
+                shuffle=train,
+                num_workers=workers,
+                collate_fn=self.collate,
+                drop_last=train,
+            )
+        if train:  # a resumed epoch skips the samples already trained on (ResumableStream)
+            dataset = ResumableStream(dataset, self.hparams.batch_size, _current_epoch(self))
+        loader = (ResumableStreamLoader if train else DataLoader)(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=train and not iterable,
             num_workers=workers,
             collate_fn=self.collate,
             drop_last=train,
             persistent_workers=workers > 0,
         )
+        if train:
+            loader.progress = trainer_progress(self)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         """Training batches (shuffled; the last incomplete batch is dropped)."""
@@ -384,9 +419,7 @@ class WebDatasetPairsDataModule(_RealData):
             epoch=_current_epoch(self),
             names=[str(hp.train_urls)],
         )
-        return DataLoader(
-            batches, batch_size=None, num_workers=workers, persistent_workers=workers > 0
-        )
+        return _stream_loader(self, batches, workers)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches: one pass, shards and samples in order, first captions."""
@@ -583,6 +616,8 @@ class MultiSourceDataModule(L.LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         workers = self.hparams.num_workers
+        if split == "train":  # a resumed epoch skips the batches already trained on
+            return _stream_loader(self, self.batches(split), workers)
         return DataLoader(
             self.batches(split),
             batch_size=None,
