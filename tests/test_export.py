@@ -149,6 +149,8 @@ def test_a_missing_export_is_restored_from_the_copy_set_aside(tmp_path, models):
     assert same_weights(flava_zoo.create_model(folder), models[0])
     assert folder.is_dir() and not aside.exists()
     assert assert_whole(folder, models) == "old"
+    os.rename(folder, aside)  # create_model alone restores it too
+    assert same_weights(flava_zoo.create_model(folder), models[0]) and not aside.exists()
 
 
 def test_file_modes_follow_the_umask(tmp_path, models):
@@ -269,3 +271,20 @@ def test_the_quickstart_export_stands_alone_and_loads(tmp_path, capsys):
     model = flava_zoo.create_model(out)
     assert model.config == read_config(run / "stages" / "multimodal")
     assert FlavaTokenizer.from_pretrained(out).to_dict() == FlavaTokenizer.from_pretrained(run / "stages" / "tokenizer").to_dict()
+
+
+def test_pretraining_refuses_an_export_dir_of_other_files_before_the_first_step(tmp_path):
+    """export_dir is checked at setup, so a long run does not fail only when it exports."""
+    from flava_zoo.cli import main
+
+    target = tmp_path / "notes"
+    target.mkdir()
+    (target / "thesis.tex").write_text("keep me")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "shapes_image.yaml"
+    with pytest.raises(FileExistsError, match="thesis.tex"):
+        main(["fit", "--config", str(recipe), "--data.init_args.train_size=16", "--data.init_args.val_size=8",
+              "--data.init_args.batch_size=8", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+              "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+              f"--trainer.default_root_dir={tmp_path}", f"--trainer.callbacks.init_args.dirpath={tmp_path}/ck",
+              f"--model.init_args.export_dir={target}"])  # fmt: skip
+    assert not (tmp_path / "ck").exists() and (target / "thesis.tex").read_text() == "keep me"

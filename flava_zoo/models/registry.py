@@ -64,10 +64,10 @@ def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -
     (``fusion="co_attention"``, ``image_size=128``, ``text__num_layers=4``) and are applied
     before any weights load.
     """
-    path = Path(name)
-    if path.is_dir():
-        from ..checkpoint import load_pretrained
+    from ..checkpoint import _locate, load_pretrained
 
+    path = _locate(Path(name))  # an export caught between its renames is put back first
+    if path.is_dir():
         return load_pretrained(path, **overrides)
     if path.suffix == ".ckpt":
         from ..checkpoint import load_from_training_checkpoint

@@ -140,12 +140,17 @@ class FlavaPretrainModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse, before the first step, a data module whose text ``max_length`` or images
-        the model cannot take (:func:`~flava_zoo.data.datamodules.check_data_fits_model`)."""
+        the model cannot take (:func:`~flava_zoo.data.datamodules.check_data_fits_model`),
+        and an ``export_dir`` that an export must not replace (a folder of other files), so
+        a long run does not fail only at its end."""
+        from ..checkpoint import check_export_target
         from ..data.datamodules import check_data_fits_model
 
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
             check_data_fits_model(datamodule, self.model.config, str(self.hparams.model))
+        if stage == "fit" and self.hparams.export_dir:
+            check_export_target(self.hparams.export_dir)
 
     def _freeze(self, stage: str, freeze: set[str], weights: dict[str, float]) -> list[str]:
         """Stop gradients for everything this stage does not train; return the frozen names."""
