@@ -299,3 +299,25 @@ data:
     assert ckpt["global_step"] == step
     assert any(k.startswith("objective.model.image_encoder.") for k in ckpt["state_dict"])
     assert not (run / "export").exists()  # the run did not finish: nothing is exported
+
+
+# ------------------------------------------------------------- official task files
+def test_official_task_files_that_are_not_utf8_name_file_and_line(tmp_path):
+    """Official files are read whole, not skipped: a non-UTF-8 byte is an error naming the
+    file, the line and the byte (JSONL, JSON and GLUE TSV readers alike)."""
+    from flava_zoo.data.tasks import GlueTask, HatefulMemes, TaskDataError, VQAv2
+
+    memes = tmp_path / "dev_seen.jsonl"
+    memes.write_bytes(b'{"id": 1, "img": "img/1.png", "label": 0, "text": "ok"}\n'
+                      b'{"id": 2, "img": "img/2.png", "label": 1, "text": "caf\xe9"}\n')  # fmt: skip
+    with pytest.raises(TaskDataError, match=r"dev_seen.jsonl, line 2: not valid UTF-8 \(byte 0xe9\)"):
+        HatefulMemes(memes, tmp_path)
+    questions = tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json"
+    questions.write_bytes(b'{"data_subtype": "val2014",\n "questions": [{"question": "caf\xe9"}]}')
+    with pytest.raises(TaskDataError, match="questions.json, line 2: not valid UTF-8"):
+        VQAv2(questions, None, tmp_path)
+    rte = tmp_path / "RTE"
+    rte.mkdir()
+    (rte / "dev.tsv").write_bytes(b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\t\xff\tb\tentailment\n")
+    with pytest.raises(TaskDataError, match=r"dev.tsv, line 3: not valid UTF-8 \(byte 0xff\)"):
+        GlueTask(tmp_path, "rte", "dev")

@@ -100,6 +100,19 @@ def _require_samples(n: int, what: str) -> None:
         raise ValueError(f"{what} has no samples: refusing to train or evaluate on zero samples")
 
 
+def not_utf8(path: Path) -> TaskDataError:
+    """The error for an official file that is not UTF-8, naming the line and the byte of
+    its first undecodable character (the file is read again as bytes to find them: a text
+    stream's decode error only knows its position within a buffer)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return TaskDataError(path, f"not valid UTF-8 (byte 0x{data[e.start]:02x})", line=line)
+    return TaskDataError(path, "not valid UTF-8")
+
+
 def _read_json(path: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as f:
@@ -108,12 +121,22 @@ def _read_json(path: Path) -> Any:
         raise TaskDataError(
             path, f"not valid JSON ({e.msg}, column {e.colno})", line=e.lineno
         ) from e
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for each non-blank line of a JSON-lines file."""
+    """``(line number, record)`` for each non-blank line of a JSON-lines file; a line that
+    is not JSON, not an object or not UTF-8 raises :class:`TaskDataError` naming it."""
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+        lines = enumerate(f, start=1)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                raise not_utf8(path) from None
             if not line.strip():
                 continue
             try:
@@ -360,6 +383,12 @@ class GlueTask(Dataset):
         )
 
     def _read(self) -> None:
+        try:
+            self._read_rows()
+        except UnicodeDecodeError:
+            raise not_utf8(self.path) from None
+
+    def _read_rows(self) -> None:
         spec, path = self.spec, self.path
         with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
