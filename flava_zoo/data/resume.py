@@ -128,7 +128,7 @@ class KeyedBatchSampler(BatchSampler):
 class KeyedDataset(Dataset):
     """Read ``dataset`` by ``(index, epoch, batch, rank)`` keys (plain indices work too).
 
-    A keyed read runs with torch's RNG seeded by ``(seed, epoch, index)`` (the global RNG is
+    A keyed read runs with torch's CPU RNG seeded by ``(seed, epoch, index)`` (its state is
     restored afterwards), so a sample's random caption or crop is the same whenever that
     sample is read in that epoch; a dict sample gets ``BATCH_KEY = (epoch, batch, rank)``.
     Other attributes are the wrapped dataset's.
@@ -145,9 +145,12 @@ class KeyedDataset(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, epoch, number, rank = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, epoch, index, _SAMPLE))
+        state = torch.get_rng_state()  # like torch.random.fork_rng, without its cost per sample
+        torch.default_generator.manual_seed(mix_seed(self.seed, epoch, index, _SAMPLE))
+        try:
             sample = self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
         if isinstance(sample, dict):
             sample = {**sample, BATCH_KEY: (epoch, number, rank)}
         return sample
