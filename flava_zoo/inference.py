@@ -118,8 +118,14 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _is_checkpoint(model: str) -> bool:
+    from .checkpoint import is_training_checkpoint
+
+    return is_training_checkpoint(model)
+
+
 def _is_zoo_name(model: str) -> bool:
-    return not Path(model).is_dir() and "." in model
+    return not Path(model).is_dir() and not _is_checkpoint(model) and "." in model
 
 
 def _tokenizer(model: str, tokenizer: str | None) -> tuple[Any, str]:
@@ -130,6 +136,12 @@ def _tokenizer(model: str, tokenizer: str | None) -> tuple[Any, str]:
     folder = Path(model)
     if folder.is_dir() and (folder / "vocab.txt").is_file():
         return FlavaTokenizer.from_pretrained(folder), f"{folder}/vocab.txt"
+    if _is_checkpoint(model):
+        from .checkpoint import checkpoint_description
+
+        stored = checkpoint_description(model).get("tokenizer")
+        if stored is not None:
+            return FlavaTokenizer.from_dict(stored), f"the vocabulary stored in {model}"
     if _is_zoo_name(model):
         from .zoo import load_tokenizer
 
@@ -149,7 +161,7 @@ def load_inference_model(
     dev = _device(device)
     net = create_model(model).eval().to(dev)
     cfg = net.config
-    if not Path(model).is_dir() and not _is_zoo_name(model):
+    if not Path(model).is_dir() and not _is_zoo_name(model) and not _is_checkpoint(model):
         warnings.warn(f"{model} is an architecture name: its weights are random", stacklevel=2)
     tok, origin = _tokenizer(model, tokenizer)
     if tok is not None and tok.vocab_size > cfg.text.vocab_size:

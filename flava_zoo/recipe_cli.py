@@ -84,11 +84,15 @@ def find_checkpoint(ckpt_path: str, trainer_cfg: Any) -> Path:
         from .checkpoint import read_training_checkpoint
 
         states = read_training_checkpoint(last).get("callbacks") or {}
-        best = [
-            Path(s["best_model_path"])
-            for k, s in states.items()
-            if "ModelCheckpoint" in str(k) and isinstance(s, dict) and s.get("best_model_path")
+        monitored = [
+            s for k, s in states.items() if "ModelCheckpoint" in str(k) and isinstance(s, dict) and s.get("monitor")
         ]
+        if not monitored:
+            raise CommandError(
+                f"--ckpt_path best: the run that wrote {last} monitored no metric (its "
+                "ModelCheckpoint has no monitor), so no checkpoint is the best; pass last or a file"
+            )
+        best = [Path(s["best_model_path"]) for s in monitored if s.get("best_model_path")]
         best = [p for p in best if p.is_file()]
         if not best:
             raise CommandError(
@@ -97,8 +101,18 @@ def find_checkpoint(ckpt_path: str, trainer_cfg: Any) -> Path:
             )
         return best[0]
     path = Path(ckpt_path)
+    if path.is_dir():
+        raise CommandError(
+            f"--ckpt_path {ckpt_path} is a folder: --ckpt_path takes a Lightning checkpoint (.ckpt); "
+            "to evaluate an exported folder pass --model.init_args.model=" + str(ckpt_path)
+        )
     if not path.is_file():
         raise CommandError(f"--ckpt_path {ckpt_path}: no such file ({path.resolve()})")
+    if path.suffix != ".ckpt":
+        raise CommandError(
+            f"--ckpt_path {ckpt_path} is not a Lightning checkpoint (.ckpt); to evaluate weights "
+            "in an exported folder pass --model.init_args.model=<folder>"
+        )
     return path
 
 
@@ -133,7 +147,10 @@ class FlavaCLI(LightningCLI):
     def _rebuild_from(self, path: Path, cfg: Any) -> None:
         from .checkpoint import CHECKPOINT_KEY, read_training_checkpoint
 
-        ckpt = read_training_checkpoint(path)
+        try:
+            ckpt = read_training_checkpoint(path)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
         info = ckpt.get(CHECKPOINT_KEY)
         model_cfg = cfg.get("model")
         if not isinstance(info, dict):

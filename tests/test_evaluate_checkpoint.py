@@ -162,3 +162,61 @@ def test_test_from_a_checkpoint_makes_no_request_for_a_zoo_model(tmp_path, monke
         zoo.reset_registry()
     (record,) = [r for r in read_results(tmp_path / "results.jsonl") if r.split == "test"]
     assert record.model == "flava-tiny.served" and record.lineage["pretrained"] == "zoo:flava-tiny.served"
+
+
+def test_ckpt_path_of_the_wrong_kind_is_an_error_that_says_what_to_pass(tmp_path, capsys):
+    args = run_args(VQA, tmp_path)
+    assert main(["fit", *args]) == 0
+    assert main(["test", *args, "--ckpt_path", "best"]) == 1  # the recipe monitors nothing
+    assert "monitored no metric" in capsys.readouterr().err
+    export = co_attention_export(tmp_path / "export")
+    assert main(["test", *args, "--ckpt_path", str(export)]) == 1
+    assert f"--model.init_args.model={export}" in capsys.readouterr().err
+    assert main(["test", *args, "--ckpt_path", str(export / "model.safetensors")]) == 1
+    assert "not a Lightning checkpoint" in capsys.readouterr().err
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["test", *args, "--ckpt_path", str(junk)]) == 1
+    assert str(junk) in capsys.readouterr().err
+
+
+def test_an_untrained_head_is_labelled_so(tmp_path, capsys):
+    assert main(["test", *run_args(VQA, tmp_path)]) == 0  # no --ckpt_path, no fit
+    assert "head was never trained" in capsys.readouterr().err
+    (record,) = [r for r in read_results(tmp_path / "results.jsonl") if r.split == "test"]
+    assert record.lineage["head"] == "untrained"
+
+
+def test_retrieval_records_count_each_directions_queries(tmp_path):
+    recipe = ROOT / "recipes" / "zeroshot" / "shapes_retrieval.yaml"
+    assert main(["test", "--config", str(recipe), *TINY, f"--trainer.default_root_dir={tmp_path}"]) == 0
+    records = read_results(tmp_path / "results.jsonl")
+    images = {r.num_samples for r in records if r.metric.startswith("image_to_text")}
+    texts = {r.num_samples for r in records if r.metric.startswith("text_to_image")}
+    assert images == {12} and len(texts) == 1 and texts != images
+
+
+def test_embed_reads_a_fine_tuning_checkpoint(tmp_path):
+    from PIL import Image
+
+    args = run_args(VQA, tmp_path)
+    assert main(["fit", *args]) == 0
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "captions.txt").write_text("a red circle\n")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert main(["embed", "--model", str(last), "--images", str(tmp_path / "imgs"),
+                 "--captions", str(tmp_path / "captions.txt"), "--out", str(tmp_path / "emb"), "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "emb" / "index.jsonl").is_file()
+
+
+def test_glue_score_refuses_to_average_two_models(tmp_path, capsys):
+    from flava_zoo.evaluation.results import append_results, make_records
+
+    path = tmp_path / "results.jsonl"
+    for model, task in (("model-a", "glue/sst2"), ("model-b", "glue/rte")):
+        append_results(path, make_records({"accuracy": 80.0}, model=model, model_source=model, task=task,
+                                          split="dev", num_samples=10))  # fmt: skip
+    assert main(["glue-score", "--results", str(path), "--partial"]) == 1
+    assert "model-a, model-b" in capsys.readouterr().err
+    assert main(["glue-score", "--results", str(path), "--partial", "--model", "model-a"]) == 0

@@ -201,3 +201,11 @@ def test_hateful_memes_predict_writes_the_submission_csv(tmp_path):
     assert table[0] == ["id", "proba", "label"] and [r[0] for r in table[1:]] == ["3", "1"]
     for _, proba, label in table[1:]:
         assert 0.0 <= float(proba) <= 1.0 and label == str(int(float(proba) >= 0.5))
+
+
+def test_linear_probe_refuses_a_classifier_fitted_on_another_backbone(tmp_path):
+    args = ["--config", str(RECIPES / "probe" / "shapes_classification.yaml"), *TINY,
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    assert main(["test", *args]) == 0
+    with pytest.raises(ValueError, match="fitted on the features of"):
+        main(["predict", *args, "--model.init_args.model_overrides={fusion: co_attention}"])

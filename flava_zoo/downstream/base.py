@@ -410,6 +410,10 @@ class DownstreamModule(L.LightningModule):
         )
         if self.trainer.is_global_zero:
             append_results(self.results_path(), records)
+            import sys
+
+            print(f"flava-zoo: {len(records)} results records ({dm.task_name} {split}) -> {self.results_path()}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def gather_count(module: L.LightningModule, count: int) -> int:

@@ -49,10 +49,16 @@ def glue_score_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     prog = parser.prog
     try:
-        scores = glue_scores(read_results(args.results), args.model)
+        records = read_results(args.results)
     except (OSError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    models = sorted({r.model for r in records if r.task.startswith("glue/")})
+    if args.model is None and len(models) > 1:
+        print(f"{prog}: {args.results} holds GLUE records of {len(models)} models ({', '.join(models)}); "
+              "a GLUE score averages one model's tasks: pick one with --model", file=sys.stderr)  # fmt: skip
+        return 1
+    scores = glue_scores(records, args.model)
     if not scores:
         print(f"{prog}: no GLUE records in {args.results}" + (f" for model {args.model}" if args.model else ""),
               file=sys.stderr)  # fmt: skip

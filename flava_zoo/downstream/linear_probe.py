@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..evaluation.results import to_percent
-from .base import INPUTS, POOLINGS, DownstreamModule
+from .base import INPUTS, POOLINGS, DownstreamModule, model_origin
 from .data import fingerprint_hash
 
 __all__ = [
@@ -429,6 +429,7 @@ class LinearProbe(DownstreamModule):
             "features": self.kind,
             "pooling": self.hparams.pooling,
             "lineage": json.dumps(self.lineage()),
+            "model_fingerprint": model_fingerprint(self.model),
         }
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
@@ -455,6 +456,13 @@ class LinearProbe(DownstreamModule):
             raise ValueError(
                 f"{path} was fitted on {meta.get('features')} features pooled by {meta.get('pooling')}, "
                 f"this probe reads {self.kind} features pooled by {self.hparams.pooling}"
+            )
+        if meta.get("model_fingerprint") != model_fingerprint(self.model):
+            fitted = json.loads(meta.get("lineage", "{}")).get("pretrained", "another model")
+            raise ValueError(
+                f"{path} was fitted on the features of {fitted}, not of {model_origin(self.hparams.model)}: "
+                "its weights differ, so its predictions would be meaningless; run `flava-zoo test` with "
+                "this model first (or pass --model.init_args.classifier)"
             )
         clf = LogisticRegression(**{k: v.to(self.device) for k, v in tensors.items()}, l2=json.loads(meta["l2"]))
         return clf, json.loads(meta["label_names"])

@@ -268,7 +268,33 @@ class FinetuneModule(DownstreamModule):
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True)
         self.val_metrics.reset()
 
+    def head_is_untrained(self) -> bool:
+        """Whether the task head never saw a training step: not rebuilt from a checkpoint,
+        no ``--ckpt_path``, no step in this run."""
+        trainer = self._trainer
+        ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        return self._restored is None and not ckpt and self.global_step == 0
+
+    def lineage(self) -> dict[str, Any]:
+        """As the base class; an untrained head says so (``"head": "untrained"``)."""
+        out = super().lineage()
+        if self.head_is_untrained():
+            out["head"] = "untrained"
+        return out
+
+    def _warn_if_untrained(self, command: str) -> None:
+        if self.head_is_untrained():
+            import sys
+
+            print(
+                f"flava-zoo {command}: the {self.task_data().task_name} head was never trained (no "
+                "--ckpt_path, no fit in this run): these are the numbers of an untrained head; pass "
+                "--ckpt_path last (or a checkpoint file) to evaluate a fine-tuned model",
+                file=sys.stderr,
+            )
+
     def on_test_epoch_start(self) -> None:
+        self._warn_if_untrained("test")
         self._counts = [0] * len(self._test_names)
         for metrics in self.test_metrics:
             metrics.reset()
@@ -295,6 +321,7 @@ class FinetuneModule(DownstreamModule):
 
     # ------------------------------------------------------------ predict
     def on_predict_epoch_start(self) -> None:
+        self._warn_if_untrained("predict")
         self._predictions = []
 
     @torch.no_grad()

@@ -202,7 +202,7 @@ class RetrievalModule(DownstreamModule):
         sim = image_emb @ text_out["embedding"].T
         metrics = retrieval_recall(sim, self.hparams.ks, text_to_image)  # percent
         self.log_dict({f"test/{key}": v for key, v in metrics.items()})
-        self.record(metrics, split, len(texts), unit="%")
+        self._record_both_ways(metrics, split, n_images, len(texts))
         k = self.hparams.itm_rerank_k
         if k:
             images = _Stack(torch.cat([t[2][0] for t in self._test])[order], torch.cat([t[2][1] for t in self._test])[order])
@@ -214,7 +214,7 @@ class RetrievalModule(DownstreamModule):
             }
             reranked = {RERANK_PREFIX + key: v for key, v in reranked.items()}
             self.log_dict({f"test/{key}": v for key, v in reranked.items()})
-            self.record(reranked, split, len(texts), hyperparameters={"itm_rerank_k": int(k)}, unit="%")
+            self._record_both_ways(reranked, split, n_images, len(texts), {"itm_rerank_k": int(k)})
         self._test = []
 
     # -------------------------------------------------------------- predict
@@ -261,6 +261,16 @@ class RetrievalModule(DownstreamModule):
                 rows.append(entry)
         self.write_predictions(rows)
         self._test = []
+
+    def _record_both_ways(
+        self, metrics: dict[str, float], split: str, n_images: int, n_texts: int, hyperparameters: dict | None = None
+    ) -> None:
+        """Record image-to-text recall over its ``n_images`` queries and text-to-image recall
+        over its ``n_texts`` queries (each record's ``num_samples`` is its own query count)."""
+        for direction, n in (("image_to_text", n_images), ("text_to_image", n_texts)):
+            part = {k: v for k, v in metrics.items() if direction in k}
+            if part:
+                self.record(part, split, n, hyperparameters=hyperparameters, unit="%")
 
     def _encode_texts(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
         m, bs = self.model, self.hparams.text_batch_size

@@ -249,8 +249,9 @@ def make_records(
     lineage: Mapping[str, Any] | None = None,
 ) -> list[ResultRecord]:
     """One :class:`ResultRecord` per entry of ``metrics``, sharing the time stamp, the hash of
-    ``config``, this package's version and the git commit of ``repo`` (default: the working
-    directory), the ``unit`` of the values (percent unless said otherwise), the selected
+    ``config``, this package's version and the git commit of ``repo`` (default: the checkout
+    this package was imported from, so the commit names the code that ran wherever the command
+    ran; ``None`` for an installed wheel), the ``unit`` of the values (percent unless said otherwise), the selected
     ``hyperparameters`` and the weights' ``lineage``."""
     if not metrics:
         raise ValueError(f"no metrics to record for {model} on {task} {split}")
@@ -262,7 +263,7 @@ def make_records(
         "num_samples": num_samples,
         "config_hash": config_hash(config),
         "package_version": _package_version(),
-        "git_commit": git_commit(repo),
+        "git_commit": git_commit(repo if repo is not None else Path(__file__).resolve().parent),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "unit": unit,
         "hyperparameters": dict(hyperparameters or {}),
