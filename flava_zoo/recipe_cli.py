@@ -125,11 +125,11 @@ class FlavaCLI(LightningCLI):
     """LightningCLI that evaluates what was trained (see the module docstring)."""
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning's version applies a checkpoint's hyperparameters only for a file path and
-        # keeps the recipe's model; evaluation commands do it in before_instantiate_classes.
-        if self.config.get("subcommand") in EVALUATION_COMMANDS:
-            return
-        super()._parse_ckpt_path()
+        """Leave the parsed configuration as given. Lightning's version replaces the model's
+        arguments with a checkpoint's hyperparameters when ``--ckpt_path`` is a file (not for
+        ``last``): for ``fit`` that would silently drop a learning rate given on resume while
+        the run records it; evaluation commands rebuild the module from the checkpoint in
+        :meth:`before_instantiate_classes`."""
 
     def before_instantiate_classes(self) -> None:
         """Resolve ``--ckpt_path`` of an evaluation command and rebuild the module from it."""

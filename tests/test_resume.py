@@ -376,3 +376,18 @@ def test_optimizer_hyperparameters_given_on_resume_take_effect(tmp_path, monkeyp
     for group, last in zip(groups, scheduler["_last_lr"]):
         assert last == pytest.approx(4e-3 * group["lr_multiplier"] * factor)
         assert group["lr"] == pytest.approx(last)
+
+
+def test_hyperparameters_given_on_resume_from_a_checkpoint_file_take_effect(tmp_path, monkeypatch):
+    """As with ``last``: an explicit checkpoint file does not put its hyperparameters back in
+    place of the ones given on the command line."""
+    monkeypatch.chdir(tmp_path)
+    assert main(_cli_args(tmp_path, 2, 1e-3)) == 0
+    saved = tmp_path / "checkpoints" / "step2.ckpt"
+    (tmp_path / "checkpoints" / "last.ckpt").rename(saved)
+    with pytest.warns(UserWarning, match="new optimizer hyperparameters"):
+        assert main(_cli_args(tmp_path, 4, 4e-3) + ["--ckpt_path", str(saved)]) == 0
+    after = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
+    assert after["global_step"] == 4 and after["hyper_parameters"]["lr"] == 4e-3
+    groups = after["optimizer_states"][0]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([4e-3 * g["lr_multiplier"] for g in groups])
