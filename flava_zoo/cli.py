@@ -15,8 +15,9 @@ import time
 
 
 def tour(argv: list[str]) -> int:
-    """Build every named size (flava-tiny for real, the others on the meta device), encode a
-    batch with flava-tiny and print a parameter table."""
+    """Print every named size's parameters and encode a batch with flava-tiny.
+
+    Every size is built (flava-tiny for real, the others on the meta device)."""
     import torch
 
     from . import create_model, list_models
@@ -72,7 +73,7 @@ def quickstart(argv: list[str]) -> int:
 
 
 def zoo(argv: list[str]) -> int:
-    """Model zoo: list, info, download, verify, publish."""
+    """Model zoo: list, info, download, verify, forget, publish."""
     from .zoo.cli import main as zoo_main
 
     return zoo_main(argv)
@@ -129,12 +130,38 @@ COMMANDS = {
 }
 
 
+SUMMARIES = {
+    "fit": "train a recipe's module (pretraining stage, fine-tuning); --ckpt_path last resumes",
+    "validate": "validate a recipe's module, rebuilt from --ckpt_path when given",
+    "test": "evaluate and append results records; --ckpt_path rebuilds what was trained",
+    "predict": "predictions JSONL and the task's official submission files",
+}
+"""One line per Lightning command (the others' lines are their functions' docstrings)."""
+
+
+def usage() -> str:
+    """Top-level help: every command with one line, and where to read more."""
+    from . import __version__
+
+    lines = [f"flava-zoo {__version__}: FLAVA-style multimodal models", "", "usage: flava-zoo COMMAND [options]", ""]
+    for name, fn in COMMANDS.items():
+        summary = SUMMARIES.get(name) or (fn.__doc__ or "").strip().splitlines()[0]
+        lines.append(f"  {name:<22}{summary}")
+    lines += ["", "flava-zoo COMMAND --help shows a command's options; recipes are in recipes/."]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flava-zoo`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: flava-zoo {" + ",".join(COMMANDS) + "} ...")
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"flava-zoo {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"flava-zoo: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr)

@@ -132,17 +132,39 @@ class FlavaCLI(LightningCLI):
         :meth:`before_instantiate_classes`."""
 
     def before_instantiate_classes(self) -> None:
-        """Resolve ``--ckpt_path`` of an evaluation command and rebuild the module from it."""
+        """Refuse ``--optimizer`` / ``--lr_scheduler`` for a module that builds its own; resolve
+        ``--ckpt_path`` of an evaluation command and rebuild the module from it."""
         sub = self.subcommand
+        cfg = self.config[sub]
+        self._refuse_optimizer_options(cfg)
         if sub not in EVALUATION_COMMANDS:
             return
-        cfg = self.config[sub]
         ckpt_path = cfg.get("ckpt_path")
         if not ckpt_path or ckpt_path == "hpc":
             return
         path = find_checkpoint(str(ckpt_path), cfg.get("trainer"))
         cfg["ckpt_path"] = str(path)
         self._rebuild_from(path, cfg)
+
+    @staticmethod
+    def _refuse_optimizer_options(cfg: Any) -> None:
+        """LightningCLI's ``--optimizer`` would replace a module's own optimiser (AdamW parameter
+        groups without decay on norms and biases, per-tower rates, layer decay) and its
+        schedule, with only a warning; flava-zoo's modules refuse it and say what to set."""
+        import lightning as L
+
+        given = [key for key in ("optimizer", "lr_scheduler") if cfg.get(key) is not None]
+        class_path = str(_get(cfg.get("model"), "class_path", "") or "")
+        if not given or not class_path:
+            return
+        cls = _import(class_path)
+        if getattr(cls, "configure_optimizers", None) is L.LightningModule.configure_optimizers:
+            return
+        raise CommandError(
+            f"--{given[0]}: {cls.__name__} builds its own optimiser and schedule (AdamW parameter "
+            "groups, per-tower learning rates, warm-up); set them with --model.init_args.lr, "
+            "weight_decay, betas, warmup_steps and the like instead"
+        )
 
     def _rebuild_from(self, path: Path, cfg: Any) -> None:
         from .checkpoint import CHECKPOINT_KEY, read_training_checkpoint
@@ -244,6 +266,10 @@ def run_lightning(argv: list[str]) -> int:
 
     command = argv[0] if argv else "lightning"
     stop = SigtermCheckpoint()
+    argv_before = sys.argv
+    # LightningCLI warns when it is given args while sys.argv holds some too (as it does
+    # under the console script); the args given are the whole command line here
+    sys.argv = [argv_before[0] if argv_before else "flava-zoo"]
     try:
         FlavaCLI(
             L.LightningModule,
@@ -270,4 +296,6 @@ def run_lightning(argv: list[str]) -> int:
             done += f" (then {type(err).__name__}: {err})"
         print(f"flava-zoo {command}: stopped by SIGTERM{at}; {done}", file=sys.stderr)
         return 143
+    finally:
+        sys.argv = argv_before
     return 0
