@@ -261,26 +261,29 @@ def run_lightning(argv: list[str]) -> int:
     a :class:`CommandError` is printed as one line and returns 1. A run stopped by SIGTERM
     returns 143 (128 + SIGTERM) with a message saying so; ``fit`` first saves ``last.ckpt``
     (:class:`SigtermCheckpoint`) and the message names it and how to resume."""
+    import warnings
+
     import lightning as L
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     command = argv[0] if argv else "lightning"
     stop = SigtermCheckpoint()
-    argv_before = sys.argv
-    # LightningCLI warns when it is given args while sys.argv holds some too (as it does
-    # under the console script); the args given are the whole command line here
-    sys.argv = [argv_before[0] if argv_before else "flava-zoo"]
     try:
-        FlavaCLI(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=argv,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [stop]},
-        )
+        with warnings.catch_warnings():
+            # LightningCLI warns when given args while sys.argv holds some too, as it does
+            # under the console script: here the args are that command line. (sys.argv itself
+            # must stay as it is: Lightning's DDP launcher starts the other ranks from it.)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            FlavaCLI(
+                L.LightningModule,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                args=argv,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                trainer_defaults={"callbacks": [stop]},
+            )
     except CommandError as err:
         print(f"flava-zoo {command}: {err}", file=sys.stderr)
         return 1
@@ -296,6 +299,4 @@ def run_lightning(argv: list[str]) -> int:
             done += f" (then {type(err).__name__}: {err})"
         print(f"flava-zoo {command}: stopped by SIGTERM{at}; {done}", file=sys.stderr)
         return 143
-    finally:
-        sys.argv = argv_before
     return 0

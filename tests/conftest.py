@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -22,3 +23,16 @@ def load_benchmark():
         return module
 
     return load
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread(request):
+    """Two shared cores: one intra-op thread per process is much faster than two fighting.
+    A test module opts in with ``ONE_THREAD = True``; the thread count is restored after it."""
+    if not getattr(request.module, "ONE_THREAD", False):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,6 @@ from pathlib import Path
 import lightning as L
 import PIL.Image
 import pytest
-import torch
 
 from flava_zoo.data.collate import PretrainCollator
 from flava_zoo.data.real import ImageFolderDataModule, PairsDataModule
@@ -44,12 +43,8 @@ MANIFESTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning  # noqa: F401 - imported here, not inside the first cell's timing
 import pytest
-import torch
 import yaml
 
 from flava_zoo.bench import aggregate, cell_key, load_suite, parse_suite
@@ -25,13 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "benchmarks" / "suites"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one intra-op thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 def record(model: str, task: str, metric: str, value: float, key: str = "k", when: str = "2025-01-01T00:00:00+00:00",

@@ -43,7 +43,7 @@ def test_no_spurious_lightning_cli_warning_and_optimizer_is_refused(monkeypatch,
     assert code == 1
     assert "FinetuneModule builds its own optimiser" in capsys.readouterr().err
     assert not [w for w in caught if "args parameter" in str(w.message)]
-    assert sys.argv == ["flava-zoo", "fit", "--optimizer", "SGD"]  # restored
+    assert sys.argv == ["flava-zoo", "fit", "--optimizer", "SGD"]  # untouched: DDP launches ranks from it
 
 
 @pytest.mark.parametrize("command", ["fit", "test"])

@@ -37,13 +37,8 @@ COUNTED = {"accuracy", "vqa_accuracy"}
 """Metrics that are a share of the samples: in percent, value * num_samples / 100 is a count."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one intra-op thread per process is much faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 def fit_args(recipe: Path, tmp: Path) -> list[str]:

@@ -44,12 +44,8 @@ BAD = {1: "corrupt", 4: "missing", 7: "empty caption"}  # odd count: some step m
 CAPTIONS = ["a red square", "a blue circle", "a green triangle", "a small cross"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 def run_args(recipe: Path, tmp: Path) -> list[str]:

@@ -27,13 +27,8 @@ VQA = ROOT / "recipes" / "finetune" / "shapes_vqa.yaml"
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one intra-op thread per process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 def pretrain_args(tmp: Path, steps: int, *extra: str) -> list[str]:

@@ -50,13 +50,8 @@ TERMS = ("mim", "mlm", "itm", "mmm_image", "mmm_text")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two shared cores: one intra-op thread is faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 def hf_config(image_hidden: int = D, **overrides):

@@ -26,13 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = "a red blue green square circle triangle left right of the small large".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from a second thread, and a busy 2-core machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ONE_THREAD = True
+"""One intra-op thread per process for this module's tests (tests/conftest.py)."""
 
 
 class Hashes(Callback):
