@@ -342,27 +342,24 @@ class DownstreamModule(L.LightningModule):
             return Path(given)
         return Path(self.trainer.default_root_dir) / "submission"
 
-    def write_predictions(self, rows: list[dict[str, Any]]) -> Path | None:
+    def write_predictions(self, rows: list[dict[str, Any]]) -> Path:
         """Write ``rows`` (one JSON object per example) to :meth:`predictions_path` as JSON
-        lines, atomically (a temporary file, then a rename), on the global-zero process.
-        Returns the path written (``None`` on other processes)."""
+        lines, replacing the file atomically (:func:`flava_zoo.checkpoint._atomic_write`:
+        a temporary file, then a rename; its mode follows the umask). Predictions are
+        written by one process: with more, it refuses. Returns the path written."""
         import json
-        import os
         import sys
+
+        from ..checkpoint import _atomic_write
 
         if self.trainer.world_size > 1:
             raise ValueError("predictions are written by one process; predict with devices=1")
-        if not self.trainer.is_global_zero:
-            return None
         if not rows:
             raise ValueError(f"{self.task_data().task_name}: nothing to predict (the split yielded no samples)")
+        text = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
         path = self.predictions_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         print(f"flava-zoo predict: {len(rows)} predictions -> {path}", file=sys.stderr)
         return path
 

@@ -335,11 +335,10 @@ class FinetuneModule(DownstreamModule):
 
     def on_predict_epoch_end(self) -> None:
         """Write the predictions file, and the official submission files where the task has them."""
-        path = self.write_predictions(self._predictions)
-        if path is not None:
-            from .submission import write_submission
+        from .submission import write_submission
 
-            write_submission(self.task_data(), self._predictions, self.submission_dir())
+        self.write_predictions(self._predictions)
+        write_submission(self.task_data(), self._predictions, self.submission_dir())
         self._predictions = []
 
     # ------------------------------------------------------------ optimiser
