@@ -367,15 +367,10 @@ def _vqa_question_id(value: Any) -> int:
 
 
 def _load_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
-    try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise SubmissionError(
-            path, f"not valid JSON ({e.msg}, column {e.colno})", line=e.lineno
-        ) from e
+    """The JSON of ``path`` through the task readers' reader (errors name file, line, byte)."""
+    from flava_zoo.data.tasks import _read_json, _require_file
+
+    return _read_json(_require_file(path, what))
 
 
 def read_vqa_questions(path: str | os.PathLike) -> VQAQuestionFile:
