@@ -36,6 +36,15 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from flava_zoo.tasks.entailment import SNLI_VE_LABELS
+from flava_zoo.tasks.glue import GLUE_TASKS, GlueTaskSpec
+from flava_zoo.tasks.memes import HATEFUL_MEMES_LABELS
+from flava_zoo.tasks.vqa import (
+    normalize_vqa_answer,
+    strip_vqa_answer,
+    vqa_human_answer_forms,
+    vqa_leave_one_out_score,
+)
 from flava_zoo.transforms import to_rgb
 
 __all__ = [
@@ -222,45 +231,6 @@ def check_head(dataset: Any, num_outputs: int) -> None:
 
 
 # -------------------------------------------------------------------------------- GLUE
-@dataclass(frozen=True)
-class GlueTaskSpec:
-    """One GLUE task: its official files and columns, label set and metrics.
-
-    ``label_kind``: ``"index"`` (the file holds 0 / 1), ``"name"`` (the file holds label
-    names, e.g. MNLI's ``entailment``) or ``"score"`` (STS-B's float similarity, 0 to 5).
-    ``headerless_columns``: column names of files without a header (CoLA train / dev).
-    """
-
-    name: str
-    directory: str
-    label_names: tuple[str, ...]
-    metrics: tuple[str, ...]
-    files: Mapping[str, str]
-    text_column: str
-    pair_column: str | None
-    label_column: str
-    label_kind: Literal["index", "name", "score"]
-    headerless_columns: tuple[str, ...] | None = None
-
-    @property
-    def num_labels(self) -> int:
-        """Head outputs: the number of classes, or 1 for the STS-B regression."""
-        return 1 if self.label_kind == "score" else len(self.label_names)
-
-    @property
-    def is_regression(self) -> bool:
-        return self.label_kind == "score"
-
-
-_STANDARD_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
-_MNLI_FILES = {
-    "train": "train.tsv",
-    "dev_matched": "dev_matched.tsv",
-    "dev_mismatched": "dev_mismatched.tsv",
-    "test_matched": "test_matched.tsv",
-    "test_mismatched": "test_mismatched.tsv",
-    "diagnostic": "diagnostic.tsv",
-}
 GLUE_DIAGNOSTIC_DIRECTORY = "diagnostic"
 """Where the GLUE download script puts the diagnostic set (AX, scored with the MNLI head):
 ``<glue root>/diagnostic/diagnostic.tsv``, columns ``index``, ``sentence1``, ``sentence2``,
@@ -270,52 +240,6 @@ no labels. It is MNLI's ``diagnostic`` split."""
 def _is_unlabelled_split(split: str) -> bool:
     """GLUE test files and the diagnostic set carry no label column."""
     return split.startswith("test") or split == "diagnostic"
-
-GLUE_TASKS: dict[str, GlueTaskSpec] = {
-    spec.name: spec
-    for spec in (
-        GlueTaskSpec(
-            "cola", "CoLA", ("unacceptable", "acceptable"), ("matthews_corrcoef",),
-            _STANDARD_FILES, "sentence", None, "label", "index",
-            headerless_columns=("source", "label", "original_label", "sentence"),
-        ),
-        GlueTaskSpec(
-            "sst2", "SST-2", ("negative", "positive"), ("accuracy",),
-            _STANDARD_FILES, "sentence", None, "label", "index",
-        ),
-        GlueTaskSpec(
-            "mrpc", "MRPC", ("not_equivalent", "equivalent"), ("accuracy", "f1"),
-            _STANDARD_FILES, "#1 String", "#2 String", "Quality", "index",
-        ),
-        GlueTaskSpec(
-            "qqp", "QQP", ("not_duplicate", "duplicate"), ("accuracy", "f1"),
-            _STANDARD_FILES, "question1", "question2", "is_duplicate", "index",
-        ),
-        GlueTaskSpec(
-            "stsb", "STS-B", (), ("pearson", "spearman"),
-            _STANDARD_FILES, "sentence1", "sentence2", "score", "score",
-        ),
-        GlueTaskSpec(
-            "mnli", "MNLI", ("entailment", "neutral", "contradiction"), ("accuracy",),
-            _MNLI_FILES, "sentence1", "sentence2", "gold_label", "name",
-        ),
-        GlueTaskSpec(
-            "qnli", "QNLI", ("entailment", "not_entailment"), ("accuracy",),
-            _STANDARD_FILES, "question", "sentence", "label", "name",
-        ),
-        GlueTaskSpec(
-            "rte", "RTE", ("entailment", "not_entailment"), ("accuracy",),
-            _STANDARD_FILES, "sentence1", "sentence2", "label", "name",
-        ),
-        GlueTaskSpec(
-            "wnli", "WNLI", ("not_entailment", "entailment"), ("accuracy",),
-            _STANDARD_FILES, "sentence1", "sentence2", "label", "index",
-        ),
-    )
-}  # fmt: skip
-"""The nine GLUE tasks by name (``cola``, ``sst2``, ``mrpc``, ``qqp``, ``stsb``, ``mnli``,
-``qnli``, ``rte``, ``wnli``). MNLI's matched and mismatched sets are its ``dev_matched`` /
-``dev_mismatched`` (and ``test_*``) splits."""
 
 
 class GlueTask(Dataset):
@@ -504,8 +428,6 @@ def build_answer_vocab(
     answer, so the vocabulary is deterministic. 3129 is the usual VQAv2 size (the answers seen
     at least nine times in train + val, Teney et al. 2018).
     """
-    from flava_zoo.evaluation.metrics import normalize_vqa_answer
-
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     path, items = _annotation_items(annotations)
@@ -602,8 +524,6 @@ class VQAv2(_ImageDataset):
         soft_score: Literal["min_count", "leave_one_out"] = "min_count",
         top_k: int = 3129,
     ) -> None:
-        from flava_zoo.evaluation.metrics import normalize_vqa_answer
-
         if soft_score not in ("min_count", "leave_one_out"):
             raise ValueError(
                 f"soft_score must be 'min_count' or 'leave_one_out', got {soft_score!r}"
@@ -704,12 +624,6 @@ class VQAv2(_ImageDataset):
             )
 
     def _make_targets(self, normalize: Callable[[str], str]) -> None:
-        from flava_zoo.evaluation.metrics import (
-            strip_vqa_answer,
-            vqa_human_answer_forms,
-            vqa_leave_one_out_score,
-        )
-
         assert self.answer_vocab is not None
         index = {a: i for i, a in enumerate(self.answer_vocab)}
         # leave_one_out: what the official evaluator compares a vocabulary entry as, when the
@@ -797,8 +711,6 @@ class VQAv2(_ImageDataset):
 
 
 # ------------------------------------------------------------------------------ SNLI-VE
-SNLI_VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
-"""SNLI-VE classes, in the order of :attr:`ShapesEntailment.LABELS` (and GLUE MNLI)."""
 
 
 class SnliVE(_ImageDataset):
@@ -913,7 +825,7 @@ class HatefulMemes(_ImageDataset):
     "index"}``, like :class:`ShapesMemes`.
     """
 
-    label_names = ("not_hateful", "hateful")
+    label_names = HATEFUL_MEMES_LABELS
     num_labels = 2
 
     def __init__(
