@@ -15,6 +15,7 @@ from ..evaluation.results import append_results, make_records
 from ..models.flava import FlavaModel
 from ..models.heads import ITMHead
 from ..models.registry import create_model
+from ..training.base import FlavaTask
 from .data import TaskData
 
 __all__ = ["DownstreamModule", "layer_decay_multipliers", "load_itm_head", "model_origin"]
@@ -114,9 +115,10 @@ def load_itm_head(path: str | Path, dim: int) -> ITMHead:
     return head
 
 
-class DownstreamModule(L.LightningModule):
+class DownstreamModule(FlavaTask):
     """Base of the downstream modules: builds the backbone, attaches to a :class:`TaskData`,
-    keeps frozen parts in eval mode, and writes results records.
+    keeps frozen parts in eval mode, and writes results records; the optimiser, its schedule
+    and the non-finite guard are :class:`~flava_zoo.training.base.FlavaTask`'s.
 
     Every checkpoint it saves carries what rebuilds the evaluated model without the recipe
     (``checkpoint["flava_zoo"]``: the model config, the tokenizer vocabulary and settings,
@@ -208,23 +210,6 @@ class DownstreamModule(L.LightningModule):
                 f"checkpoint {self.hparams.model} was trained on {trained!r}, but the data is "
                 f"{dm.task_name!r}: evaluate it on its own task"
             )
-
-    # ------------------------------------------------------------- training
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip an update whose loss or gradients are not finite, or stop the run after
-        ``max_skipped_steps`` in a row (:mod:`flava_zoo.training.guard`; a module that trains
-        reports its loss with ``nonfinite_guard(self).observe_loss(loss)``)."""
-        from ..training.guard import nonfinite_guard
-
-        nonfinite_guard(self).before_optimizer_step(self, optimizer)
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, then stop before any checkpoint if it made a weight or its
-        optimizer state non-finite."""
-        from ..training.guard import nonfinite_guard
-
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        nonfinite_guard(self).after_optimizer_step(self, optimizer)
 
     # ------------------------------------------------------------------- data
     def check_data_fits(self, dm: L.LightningDataModule) -> None:

@@ -2,7 +2,9 @@
 
 A task *family* fixes what the model reads and how it is scored; a *source* says where the
 samples come from: the built-in shapes world, or an official distribution read by
-:mod:`flava_zoo.data.tasks`.
+:mod:`flava_zoo.data.tasks`. Both are declared once, in :mod:`flava_zoo.tasks` (a
+:class:`~flava_zoo.tasks.TaskSpec` per family, a :class:`~flava_zoo.tasks.Source` per
+source); :class:`TaskData` looks them up.
 
 ==================== ================================ ===============================================
 family               shapes-world counterpart         official sources
@@ -37,12 +39,9 @@ carry no label, is an error: nothing silently trains or evaluates on nothing.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,101 +50,42 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.shapes import (
-    CAPTIONS_PER_SCENE,
-    ShapesCaptionEntailment,
-    ShapesClassification,
-    ShapesEntailment,
-    ShapesMemes,
-    ShapesPairs,
-    ShapesVQA,
-    ShapesWorld,
-)
-from ..data.tasks import (
-    GLUE_TASKS,
-    SNLI_VE_LABELS,
-    Cifar,
-    GlueTask,
-    HatefulMemes,
-    KarpathyRetrieval,
-    SnliVE,
-    VQAv2,
-    image_folder,
-)
+from ..data.shapes import CAPTIONS_PER_SCENE, ShapesWorld
+from ..tasks import GLUE_TASKS, TASKS, Source, TaskSpec, get_task, resolve
+from ..tasks.retrieval import IMAGES_KEYS
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
 
 __all__ = ["FAMILIES", "OFFICIAL_SOURCES", "TaskCollator", "TaskData", "TaskFamily"]
 
 
-@dataclass(frozen=True)
-class TaskFamily:
-    """What a family's model reads (``inputs``) and which official sources feed it."""
+TaskFamily = TaskSpec
+"""A task family (the name this module gave :class:`~flava_zoo.tasks.TaskSpec`)."""
 
-    name: str
-    inputs: str
-    sources: tuple[str, ...]
-
-
-FAMILIES: dict[str, TaskFamily] = {
-    f.name: f
-    for f in (
-        TaskFamily("image_classification", "image", ("cifar10", "cifar100", "image_folder")),
-        TaskFamily("text_classification", "text", ("glue",)),
-        TaskFamily("vqa", "multimodal", ("vqav2",)),
-        TaskFamily("visual_entailment", "multimodal", ("snli_ve",)),
-        TaskFamily("memes", "multimodal", ("hateful_memes",)),
-        TaskFamily("retrieval", "multimodal", ("karpathy",)),
-    )
-}
+FAMILIES: dict[str, TaskSpec] = TASKS
+"""Every task family by name (:data:`flava_zoo.tasks.TASKS`)."""
 
 OFFICIAL_SOURCES: dict[str, Callable[..., Dataset]] = {
-    "cifar10": Cifar,
-    "cifar100": Cifar,
-    "image_folder": image_folder,
-    "glue": GlueTask,
-    "vqav2": VQAv2,
-    "snli_ve": SnliVE,
-    "hateful_memes": HatefulMemes,
-    "karpathy": KarpathyRetrieval,
+    source.name: resolve(source.reader) for spec in TASKS.values() for source in spec.official
 }
 """Official source -> the dataset class whose keyword arguments describe one split."""
 
 SPLITS = ("train", "val", "test")
-_SHAPES_MEMES_LABELS = ("false", "true")
 _TOKENIZER_SCENES = 1000
 """Training scenes the fallback shapes tokenizer learns from (its vocabulary is complete well
 before that), whatever the task's ``train_size``."""
-_VQA_HUMANS = 10
-"""A shapes VQA answer is repeated as ten human answers, so the official VQA accuracy of a
-prediction is 1 when it matches and 0 otherwise (exact match)."""
 
 
-_VQA_SPLIT_IN_NAME = re.compile(r"(test-dev|train|val|test)(\d{4})")
-"""The split of an official VQAv2 file name: ``val2014`` in ``v2_OpenEnded_mscoco_val2014_questions.json``."""
-
-
-def _test_split_name(source: str, spec: dict[str, Any]) -> str | None:
+def _test_split_name(source: Source, spec: dict[str, Any]) -> str | None:
     """What an official test split evaluates, from its dict: its ``name`` or ``split`` key,
-    else its files (VQAv2: the split in the questions file's name; Hateful Memes and SNLI-VE:
-    the jsonl file's stem, SNLI-VE's ``snli_ve_`` prefix dropped; CIFAR: ``test``, or
-    ``train`` with ``train: true``; an image folder: its folder's name); ``None`` if unknown."""
+    else its files as the source names them (:attr:`~flava_zoo.tasks.Source.test_split_name`:
+    VQAv2 the split in the questions file's name, Hateful Memes and SNLI-VE the jsonl file's
+    stem, CIFAR ``test`` or ``train``, an image folder its folder's name); ``None`` if unknown."""
     for key in ("name", "split"):
         value = spec.get(key)
         if isinstance(value, str) and value:
             return value
-    if source == "vqav2" and spec.get("questions_json"):
-        stem = Path(str(spec["questions_json"])).stem
-        match = _VQA_SPLIT_IN_NAME.search(stem)
-        return match.group(0) if match else stem
-    if source in ("hateful_memes", "snli_ve") and spec.get("jsonl"):
-        stem = Path(str(spec["jsonl"])).stem
-        return (stem.removeprefix("snli_ve_") if source == "snli_ve" else stem) or None
-    if source in ("cifar10", "cifar100"):
-        return "train" if spec.get("train") else "test"
-    if source == "image_folder" and spec.get("root"):
-        return Path(str(spec["root"])).name or None
-    return None
+    return source.test_split_name(spec) if source.test_split_name is not None else None
 
 
 class _View(Dataset):
@@ -163,42 +103,26 @@ class _View(Dataset):
 
 
 class _Normalise:
-    """Bring one sample to the common keys (a class, not a lambda: data-loader workers pickle it)."""
+    """Bring one sample to the common keys, as its source names them (a class, not a lambda:
+    data-loader workers pickle it)."""
 
-    def __init__(self, family: str, source: str, num_answers: int = 0) -> None:
-        self.family = family
-        self.source = source
-        self.num_answers = num_answers
+    def __init__(
+        self,
+        keys: dict[str, str],
+        derive: Callable[[dict[str, Any], dict[str, Any], int], None] | None = None,
+        num_labels: int = 0,
+    ) -> None:
+        self.keys = dict(keys)
+        self.derive = derive
+        self.num_labels = num_labels
 
     def __call__(self, s: dict[str, Any]) -> dict[str, Any]:
-        out = self._keys(s)
+        out = {common: s.get(key, 0) if common == "index" else s[key] for common, key in self.keys.items()}
+        if self.derive is not None:
+            self.derive(s, out, self.num_labels)
         # the id a prediction file names the sample by: the official one where the source has it
         out["id"] = s.get("question_id", s.get("id", s["index"]))
         return out
-
-    def _keys(self, s: dict[str, Any]) -> dict[str, Any]:
-        family, shapes = self.family, self.source == "shapes"
-        if family == "images":
-            return {"image": s["image"], "index": s["index"]}
-        if family == "image_classification":
-            return {"image": s["image"], "label": s["label"], "index": s.get("index", 0)}
-        if family == "text_classification":
-            text, pair = (s["premise"], s["hypothesis"]) if shapes else (s["text"], s["text_pair"])
-            return {"text": text, "text_pair": pair, "label": s["label"], "index": s["index"]}
-        if family == "vqa":
-            if shapes:
-                target = torch.zeros(self.num_answers)
-                target[s["label"]] = 1.0
-                answers = [s["answer"]] * _VQA_HUMANS
-            else:
-                target, answers = s["target"], s["answers"]
-            return {"image": s["image"], "text": s["question"], "label": s["label"], "target": target,
-                    "answers": answers, "index": s["index"]}
-        if family == "visual_entailment":
-            return {"image": s["image"], "text": s["hypothesis"], "label": s["label"], "index": s["index"]}
-        if family == "memes":
-            return {"image": s["image"], "text": s["text"], "label": s["label"], "index": s["index"]}
-        return {"image": s["image"], "text": s["text"], "index": s["index"]}
 
 
 class _Subset(Dataset):
@@ -355,21 +279,16 @@ class TaskData(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if task not in FAMILIES:
-            raise ValueError(f"unknown task family {task!r}; choose from {sorted(FAMILIES)}")
-        self.family = FAMILIES[task]
+        self.family = get_task(task)
         if source == "official":
             if len(self.family.sources) != 1:
                 raise ValueError(
                     f"{task} has several official sources {list(self.family.sources)}: name one as source"
                 )
             source = self.family.sources[0]
-        if source != "shapes" and source not in self.family.sources:
-            raise ValueError(
-                f"source {source!r} does not feed {task}; choose 'shapes' or one of {list(self.family.sources)}"
-            )
+        self._source = self.family.source(source)
         self.source = source
-        if source == "glue":
+        if "glue_task" in self._source.options.values():
             if glue_task not in GLUE_TASKS:
                 raise ValueError(f"glue_task must be one of {sorted(GLUE_TASKS)}, got {glue_task!r}")
         elif glue_task is not None:
@@ -403,14 +322,22 @@ class TaskData(L.LightningDataModule):
     @property
     def task_name(self) -> str:
         """Name of the task in results records: ``shapes/vqa``, ``glue/mrpc``, ``vqav2``, ..."""
-        if self.source == "shapes":
-            name = f"shapes/{self.family.name}"
-            if self.family.name == "image_classification" and self.hparams.target == "colour":
-                name += "_colour"
-            return name
-        if self.source == "glue":
-            return f"glue/{self.hparams.glue_task}"
-        return self.source
+        if self._source.task_name is not None:
+            return self._source.task_name(self.task_options)
+        return f"shapes/{self.family.name}" if self.source == "shapes" else self.source
+
+    @property
+    def task_options(self) -> dict[str, Any]:
+        """The options the task's spec reads (:mod:`flava_zoo.tasks`): ``source``,
+        ``glue_task``, ``target``, ``mean_per_class``."""
+        hp = self.hparams
+        return {"source": self.source, "glue_task": hp.glue_task, "target": hp.target,
+                "mean_per_class": self.mean_per_class}  # fmt: skip
+
+    @property
+    def is_retrieval(self) -> bool:
+        """Whether the family is scored by ranking embeddings (no head, no labels)."""
+        return "retrieval" in self.family.modes
 
     @property
     def inputs(self) -> str:
@@ -419,34 +346,29 @@ class TaskData(L.LightningDataModule):
 
     @property
     def is_regression(self) -> bool:
-        """True for GLUE STS-B (a one-output regression head)."""
-        return self.source == "glue" and GLUE_TASKS[self.hparams.glue_task].is_regression
+        """True for a one-output regression head (GLUE STS-B)."""
+        return self.family.regression(self.task_options)
 
     @property
     def label_names(self) -> list[str]:
-        """Class names, answer vocabulary, or ``[]`` for a regression."""
-        src, fam = self.source, self.family.name
-        if fam == "retrieval":
-            return []
-        if src == "shapes":
-            if fam == "image_classification":
-                world = self.world
-                return list(world.SHAPES if self.hparams.target == "shape" else world.COLOURS)
-            if fam == "vqa":
-                return ShapesVQA(self.world, "train").answer_vocabulary()
-            if fam in ("visual_entailment", "text_classification"):
-                return list(ShapesEntailment.LABELS)
-            return list(_SHAPES_MEMES_LABELS)
-        if src == "glue":
-            return list(GLUE_TASKS[self.hparams.glue_task].label_names)
-        if src == "vqav2":
+        """Class names, answer vocabulary, or ``[]`` for a regression or retrieval, as the
+        source declares them (:attr:`~flava_zoo.tasks.Source.labels`)."""
+        src = self._source
+        if src.answer_vocab:
             return list(self.answer_vocab())
-        if src == "snli_ve":
-            return list(SNLI_VE_LABELS)
-        if src == "hateful_memes":
-            return list(HatefulMemes.label_names)
+        labels = src.labels
+        if callable(labels):
+            return list(labels(self.task_options))
+        if isinstance(labels, str):
+            value = getattr(self._shapes_dataset("train") if self.source == "shapes" else self._train_or_test(), labels)
+            return list(value() if callable(value) else value)
+        if labels is not None:
+            return list(labels)
+        return list(self._train_or_test().label_names)  # type: ignore[attr-defined]
+
+    def _train_or_test(self) -> Dataset:
         split = "train" if self.hparams.train is not None else self.test_split_names[0]
-        return list(self._raw_dataset(split).label_names)  # type: ignore[attr-defined]
+        return self._raw_dataset(split)
 
     @property
     def num_labels(self) -> int:
@@ -458,16 +380,17 @@ class TaskData(L.LightningDataModule):
         """Whether mean per-class accuracy is reported for image classification."""
         if self.hparams.mean_per_class is not None:
             return bool(self.hparams.mean_per_class)
-        return self.source in ("shapes", "image_folder")
+        return self._source.mean_per_class
 
     def prompts(self, class_name: str, templates: Sequence[str] | None = None) -> list[str]:
         """Zero-shot prompts for ``class_name``: ``templates`` (``{}`` marks the name) or the
-        task's own (the shapes world's, or ``"a photo of a {}."``)."""
+        task's own (the shapes world's, or the family's :attr:`~flava_zoo.tasks.TaskSpec.prompt`,
+        ``"a photo of a {}."``)."""
         if templates:
             return [t.format(class_name) for t in templates]
-        if self.source == "shapes" and self.family.name == "image_classification":
-            return ShapesClassification(self.world, "train", target=self.hparams.target).prompts(class_name)
-        return [f"a photo of a {class_name}."]
+        if self.source == "shapes" and self._source.prompts:
+            return getattr(self._shapes_dataset("train"), self._source.prompts)(class_name)
+        return [self.family.prompt.format(class_name)]
 
     def fingerprint(self, split: str) -> dict[str, Any]:
         """What identifies the samples of ``split`` (cache keys): source, options, paths with
@@ -571,7 +494,7 @@ class TaskData(L.LightningDataModule):
         out = [s for s in SPLITS if getattr(hp, s) is not None]
         if "val" not in out and hp.val_from_train > 0 and "train" in out:
             out.insert(1, "val")
-        if self.source == "glue":
+        if self._source.named_splits:
             out = list(SPLITS)
         return out
 
@@ -590,8 +513,8 @@ class TaskData(L.LightningDataModule):
         are the training and validation splits'); repeated names get ``_1``, ``_2``, ...
         """
         hp = self.hparams
-        if self.source == "glue" and hp.test is None:
-            return ["dev_matched", "dev_mismatched"] if hp.glue_task == "mnli" else ["dev"]
+        if self._source.named_splits and hp.test is None:
+            return list(self._default_splits()[1])
         if self.source == "shapes" and not isinstance(hp.test, list):
             return [hp.test_split]
         if hp.test is None:
@@ -599,7 +522,7 @@ class TaskData(L.LightningDataModule):
         listed = isinstance(hp.test, list)
         names: list[str] = []
         for i, spec in enumerate(hp.test if listed else [hp.test]):
-            name = _test_split_name(self.source, dict(spec)) or (f"test{i}" if listed else "test")
+            name = _test_split_name(self._source, dict(spec)) or (f"test{i}" if listed else "test")
             if name in ("train", "val"):
                 name = f"{name}_as_test"
             base, n = name, 1
@@ -614,8 +537,8 @@ class TaskData(L.LightningDataModule):
     def _split_spec(self, split: str) -> dict[str, Any]:
         """Keyword arguments of the official dataset of ``split`` (train / val / a test name)."""
         hp = self.hparams
-        if self.source == "glue":
-            return self._glue_spec(split)
+        if self._source.named_splits:
+            return self._named_split_spec(split)
         if split in ("train", "val"):
             spec = getattr(hp, split)
         elif isinstance(hp.test, list):
@@ -629,7 +552,17 @@ class TaskData(L.LightningDataModule):
             raise ValueError(f"{self.task_name}: no {split} split given (data {split}: {{...paths}})")
         return dict(spec)
 
-    def _glue_spec(self, split: str) -> dict[str, Any]:
+    def _default_splits(self) -> tuple[str, list[str]]:
+        """A named-splits source's default validation split and test splits (GLUE: ``dev``,
+        MNLI ``dev_matched`` and both dev sets)."""
+        default = self.family.default_splits
+        if default is None:
+            raise ValueError(f"task family {self.family.name} declares no default splits for {self.source}")
+        return default(self.task_options)
+
+    def _named_split_spec(self, split: str) -> dict[str, Any]:
+        """Keyword arguments of ``split`` for a source whose splits are files of one folder
+        (GLUE): the folder given once serves every split, and ``split`` names the file."""
         hp = self.hparams
         if split in ("train", "val"):
             given = getattr(hp, split)
@@ -643,9 +576,36 @@ class TaskData(L.LightningDataModule):
             if other is None or "root_or_file" not in other:
                 raise ValueError(f"GLUE {hp.glue_task}: give the GLUE folder as train: {{root_or_file: ...}}")
             spec["root_or_file"] = other["root_or_file"]
-        default = {"train": "train", "val": "dev_matched" if hp.glue_task == "mnli" else "dev"}
+        default = {"train": "train", "val": self._default_splits()[0]}
         spec.setdefault("split", default.get(split, split if split.startswith(("dev", "test")) else "dev"))
         return spec
+
+    def _reader_kwargs(self, spec: dict[str, Any], split: str, transform: Any) -> dict[str, Any]:
+        """The reader's keyword arguments for ``split``: the split's own, then the source's
+        defaults (:class:`~flava_zoo.tasks.Source`), the options it takes, the transform."""
+        src, hp = self._source, self.hparams
+        kwargs = dict(spec)
+        kwargs.pop("name", None)
+        for key, value in {**src.defaults, **(src.train_defaults if split == "train" else {})}.items():
+            kwargs.setdefault(key, value)
+        for key, value in (src.split_arg(split) if src.split_arg is not None else {}).items():
+            kwargs.setdefault(key, value)
+        for key, option in src.options.items():
+            kwargs[key] = hp[option]
+        if src.answer_vocab and not (split == "train" and not hp.answer_vocab):
+            kwargs.setdefault("answer_vocab", self.answer_vocab())
+        if src.transform:
+            kwargs["transform"] = transform
+        return kwargs
+
+    def _shapes_dataset(self, split: str, transform: Any = None) -> Dataset:
+        """The shapes world's dataset of ``split`` (``train``, ``val``, ``test``; ``test``
+        is :attr:`test_split`) for this family."""
+        src = self._source
+        kwargs = self._reader_kwargs({}, split, transform)
+        kwargs.pop("transform", None)
+        args = (self.world, self._shapes_split(split)) + ((transform,) if src.transform else ())
+        return resolve(src.reader)(*args, **kwargs)
 
     def _raw_dataset(self, split: str) -> Dataset:
         """The dataset of ``split`` before key normalisation (cached)."""
@@ -654,39 +614,26 @@ class TaskData(L.LightningDataModule):
         hp = self.hparams
         train = split == "train"
         transform = image_transform(hp.image_size, train=train and hp.train_augment)
-        fam = self.family.name
+        src = self._source
         if self.source == "shapes":
-            wsplit = self._shapes_split(split)
-            world = self.world
-            if fam == "image_classification":
-                ds: Dataset = ShapesClassification(world, wsplit, transform, target=hp.target)
-            elif fam == "text_classification":
-                ds = ShapesCaptionEntailment(world, wsplit)
-            elif fam == "vqa":
-                ds = ShapesVQA(world, wsplit, transform)
-            elif fam == "visual_entailment":
-                ds = ShapesEntailment(world, wsplit, transform)
-            elif fam == "memes":
-                ds = ShapesMemes(world, wsplit, transform)
-            else:
-                ds = ShapesPairs(world, wsplit, transform, captions_per_image="random" if train else 1)
+            ds: Dataset = self._shapes_dataset(split, transform)
         else:
             if self._derived_from_train(split):
                 full = self._official(self._split_spec("train"), "train", transform)
                 ds = _Subset(full, self._holdout(len(full), held_out=split == "val"))  # type: ignore[arg-type]
-            elif split == "val" and hp.val is None and self.source != "glue":
+            elif split == "val" and hp.val is None and not src.named_splits:
                 raise ValueError(f"{self.task_name}: no val split given (data val: {{...}} or val_from_train)")
             else:
                 ds = self._official(self._split_spec(split), split, transform)
-            if train and isinstance(ds, KarpathyRetrieval):
-                ds = ds.pairs()  # fine-tune on every caption
+            if train and src.train_view:
+                ds = getattr(ds, src.train_view)()  # Karpathy: fine-tune on every caption
         self._raw[split] = ds
         return ds
 
     def _derived_from_train(self, split: str) -> bool:
         """Whether ``split`` is a seeded part of the official training split (``val_from_train``)."""
         hp = self.hparams
-        return hp.val is None and hp.val_from_train > 0 and self.source != "glue" and split in ("train", "val")
+        return hp.val is None and hp.val_from_train > 0 and not self._source.named_splits and split in ("train", "val")
 
     def _holdout(self, n: int, held_out: bool) -> list[int]:
         """Seeded split of the official training set into train / held-out validation."""
@@ -710,23 +657,8 @@ class TaskData(L.LightningDataModule):
         return self._answer_vocab
 
     def _official(self, spec: dict[str, Any], split: str, transform: Any) -> Dataset:
-        source = self.source
-        cls = OFFICIAL_SOURCES[source]
-        kwargs = dict(spec)
-        kwargs.pop("name", None)
-        if source in ("cifar10", "cifar100"):
-            kwargs.setdefault("variant", source)
-            kwargs.setdefault("train", split in ("train", "val"))
-        if source == "glue":
-            kwargs["task"] = self.hparams.glue_task
-        elif source == "karpathy":
-            kwargs.setdefault("split", split if split in ("train", "val", "test") else "test")
-        if source == "vqav2" and not (split == "train" and not self.hparams.answer_vocab):
-            kwargs.setdefault("answer_vocab", self.answer_vocab())
-        if source == "vqav2":
-            kwargs.setdefault("annotations_json", None)  # test-dev / test files have none
-        if source not in ("glue",):
-            kwargs["transform"] = transform
+        cls = OFFICIAL_SOURCES[self.source]
+        kwargs = self._reader_kwargs(spec, split, transform)
         accepted = set(inspect.signature(cls).parameters)
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
@@ -754,25 +686,25 @@ class TaskData(L.LightningDataModule):
         return view
 
     def _normaliser(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        return _Normalise(self.family.name, self.source, self.num_labels if self.family.name == "vqa" else 0)
+        src = self._source
+        return _Normalise(src.keys, src.derive, self.num_labels if src.derive is not None else 0)
 
     def retrieval_split(self, split: str) -> tuple[Dataset, list[str], Tensor]:
         """Retrieval evaluation data of ``split``: a dataset of images (``{"image", "index"}``,
         one per image), every caption, and the image index of each caption (five per shapes scene)."""
-        if self.family.name != "retrieval":
+        if not self.is_retrieval:
             raise ValueError(f"{self.task_name} is not a retrieval task")
         if self.source == "shapes":
             wsplit = self._shapes_split(split)
             n = self.world.split_size(wsplit)
             if n == 0:
                 raise ValueError(f"{self.task_name} {split} split has no samples: refusing to evaluate on zero samples")
-            pairs = ShapesPairs(self.world, wsplit, image_transform(self.hparams.image_size), captions_per_image=1)
+            pairs = self._shapes_dataset(split, image_transform(self.hparams.image_size))
             texts = [c for i in range(n) for c in self.world.scene_captions(wsplit, i)]
             text_to_image = torch.arange(n).repeat_interleave(CAPTIONS_PER_SCENE)
-            return _View(pairs, _Normalise("images", "shapes")), texts, text_to_image
+            return _View(pairs, _Normalise(IMAGES_KEYS)), texts, text_to_image
         raw = self._official(self._split_spec(split), split, image_transform(self.hparams.image_size))
-        assert isinstance(raw, KarpathyRetrieval)
-        return _View(raw, _Normalise("images", self.source)), list(raw.texts), raw.text_to_image
+        return _View(raw, _Normalise(IMAGES_KEYS)), list(raw.texts), raw.text_to_image  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- lightning
     def setup(self, stage: str | None = None) -> None:
@@ -782,12 +714,12 @@ class TaskData(L.LightningDataModule):
             if "val" in self._available():
                 self.dataset("val")
         if stage in (None, "test"):
-            if self.family.name != "retrieval":
+            if not self.is_retrieval:
                 for name in self.test_split_names:
                     self.dataset(name)
         if stage == "validate":
             self.dataset("val")
-        if stage == "predict" and self.family.name != "retrieval":
+        if stage == "predict" and not self.is_retrieval:
             for name in self.test_split_names:
                 self.dataset(name)
 
@@ -819,7 +751,7 @@ class TaskData(L.LightningDataModule):
         return self.loader(self.dataset("val"), "val")
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        if self.family.name == "retrieval":
+        if self.is_retrieval:
             images, _, _ = self.retrieval_split("test")
             return self.loader(images, "test")
         names = self.test_split_names
@@ -829,7 +761,7 @@ class TaskData(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader | list[DataLoader]:
         """``flava-zoo predict`` reads the test splits, which need no labels (official test
         files carry none): one loader per test split, in :attr:`test_split_names` order."""
-        if self.family.name == "retrieval":
+        if self.is_retrieval:
             images, _, _ = self.retrieval_split("test")
             return self.loader(images, "test", need_labels=False)
         loaders = [self.loader(self.dataset(n), n, need_labels=False) for n in self.test_split_names]
@@ -870,9 +802,3 @@ def _describe(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
     return out
-
-
-def fingerprint_hash(obj: Any) -> str:
-    """Short SHA-256 of ``obj`` as canonical JSON."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._provenance import config_hash
 from ..evaluation.results import to_percent
 from .base import INPUTS, POOLINGS, DownstreamModule, model_origin
-from .data import fingerprint_hash
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -276,6 +276,8 @@ class LinearProbe(DownstreamModule):
             ``predictions.jsonl`` in the run folder.
     """
 
+    fit_refusal = "a linear probe runs with `flava-zoo test`, not `fit`"
+
     evaluation_args = ("results", "predictions", "submission", "classifier")
 
     def __init__(
@@ -345,7 +347,7 @@ class LinearProbe(DownstreamModule):
                "data": dm.fingerprint(split)}
         if self.kind != "image":
             key.update(max_length=dm.hparams.max_length, tokenizer=dm.tokenizer_origin)
-        return fingerprint_hash(key)
+        return config_hash(key)
 
     @torch.no_grad()
     def extract(self, batch: dict[str, Any]) -> Tensor:
@@ -494,6 +496,3 @@ class LinearProbe(DownstreamModule):
     def on_predict_epoch_end(self) -> None:
         self.write_predictions(self._predictions)
         self._predictions = []
-
-    def configure_optimizers(self):  # pragma: no cover - a probe is never fitted by Lightning
-        raise ValueError("a linear probe runs with `flava-zoo test`, not `fit`")

@@ -15,12 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
-from ..evaluation.metrics import VQAAccuracy, glue_metrics, glue_predictions, memes_metrics
 from ..models.heads import ClassificationHead
 from ..training.guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
-from ..training.optim import param_groups, warmup_cosine
 from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
 from .data import TaskData
 
@@ -30,25 +27,20 @@ LOSSES = ("cross_entropy", "bce", "mse")
 
 
 def task_metrics(dm: TaskData, num_classes: int) -> MetricCollection:
-    """The official metrics of ``dm``'s task as a torchmetrics collection."""
-    family = dm.family.name
-    if dm.source == "glue":
-        return glue_metrics(dm.hparams.glue_task)
-    if family == "vqa":
-        return MetricCollection({"vqa_accuracy": VQAAccuracy()})
-    if family == "memes":
-        return memes_metrics()
-    metrics = {"accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro")}
-    if family == "image_classification" and dm.mean_per_class:
-        metrics["mean_per_class_accuracy"] = MulticlassAccuracy(num_classes=num_classes, average="macro")
-    return MetricCollection(metrics)
+    """The official metrics of ``dm``'s task as a torchmetrics collection (its family's
+    :attr:`~flava_zoo.tasks.TaskSpec.metrics`)."""
+    if dm.family.metrics is None:
+        raise ValueError(f"{dm.task_name} is not scored by a classification head")
+    return dm.family.metrics(num_classes, dm.task_options)
 
 
 def default_loss(dm: TaskData) -> str:
-    """Soft-target BCE for VQA, MSE for a regression, cross-entropy otherwise."""
-    if dm.family.name == "vqa":
-        return "bce"
-    return "mse" if dm.is_regression else "cross_entropy"
+    """The family's loss (soft-target BCE for VQA, cross-entropy otherwise); MSE for a regression."""
+    if dm.is_regression:
+        return "mse"
+    if dm.family.loss is None:
+        raise ValueError(f"{dm.task_name} has no fine-tuning loss for a classification head")
+    return dm.family.loss
 
 
 class FinetuneModule(DownstreamModule):
@@ -71,7 +63,9 @@ class FinetuneModule(DownstreamModule):
             task), so fine-tuning starts from the pretraining's matching decision.
         dropout: dropout before the classifier.
         freeze_backbone: train the head only.
-        lr: peak learning rate of the head (and of the top layer under layer decay).
+        lr: peak learning rate of the head (and of the top layer under layer decay). This,
+            ``layer_decay``, ``backbone_lr_multiplier`` and the next four are the optimiser
+            settings (:class:`~flava_zoo.training.base.OptimizerConfig`).
         layer_decay: layer-wise learning-rate decay factor in (0, 1]; ``None`` for off.
         backbone_lr_multiplier: learning-rate multiplier of the whole backbone.
         weight_decay: AdamW weight decay (not on norms, biases, embeddings).
@@ -148,8 +142,8 @@ class FinetuneModule(DownstreamModule):
         """Take inputs, label set, loss and metrics from the data; check they fit the head."""
         dm = self.task_data()
         hp = self.hparams
-        if dm.family.name == "retrieval":
-            raise ValueError("retrieval tasks use flava_zoo.downstream.RetrievalModule, not FinetuneModule")
+        if dm.family.head is None:
+            raise ValueError(f"{dm.family.name} tasks use flava_zoo.downstream.RetrievalModule, not FinetuneModule")
         if hp.inputs is not None and hp.inputs != dm.inputs:
             raise ValueError(f"{dm.task_name} reads {dm.inputs} inputs, but the module was given inputs={hp.inputs!r}")
         self.check_restored_task(dm)
@@ -169,7 +163,7 @@ class FinetuneModule(DownstreamModule):
         hp.loss = hp.loss or default_loss(dm)
         if hp.loss == "mse" and n != 1:
             raise ValueError(f"loss 'mse' needs a one-output regression task; {dm.task_name} has {n} labels")
-        if hp.loss == "bce" and dm.family.name != "vqa":
+        if hp.loss == "bce" and dm.family.targets != "soft":
             raise ValueError(f"loss 'bce' needs soft targets (VQA); {dm.task_name} has hard labels")
         if self.head is None:
             self._build_head(inputs, n)
@@ -200,7 +194,9 @@ class FinetuneModule(DownstreamModule):
         checkpoint["label_names"] = self.hparams.label_names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose head does not fit the data's label set, naming both."""
+        """Refuse a checkpoint whose head does not fit the data's label set, naming both (and
+        remember its optimiser settings, :meth:`FlavaTask.on_load_checkpoint`)."""
+        super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("label_names")
         ours = self.hparams.label_names
         if saved is not None and ours is not None and list(saved) != list(ours):
@@ -235,16 +231,9 @@ class FinetuneModule(DownstreamModule):
 
     def _update(self, metrics: MetricCollection, logits: Tensor, batch: dict[str, Any]) -> None:
         dm = self.task_data()
-        logits = logits.detach().float()
-        if dm.family.name == "vqa":
-            names = self.hparams.label_names
-            metrics.update([names[i] for i in logits.argmax(1).tolist()], batch["answers"])
-        elif dm.family.name == "memes":
-            metrics.update(logits.softmax(-1)[:, 1], batch["labels"])
-        elif dm.source == "glue":
-            metrics.update(glue_predictions(dm.hparams.glue_task, logits), batch["labels"])
-        else:
-            metrics.update(logits, batch["labels"])
+        spec = dm.family
+        preds = spec.metric_inputs(logits.detach().float(), self.hparams.label_names, dm.task_options)
+        metrics.update(preds, batch[spec.metric_target])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         logits = self(batch)
@@ -342,8 +331,10 @@ class FinetuneModule(DownstreamModule):
         self._predictions = []
 
     # ------------------------------------------------------------ optimiser
-    def configure_optimizers(self):
-        """AdamW over the trainable parameters, optional layer-wise decay, warm-up + cosine."""
+    def lr_multipliers(self) -> dict[str, float]:
+        """The backbone's multiplier (``backbone_lr_multiplier``) and, with ``layer_decay``,
+        one per depth (:func:`~flava_zoo.downstream.base.layer_decay_multipliers`); the head
+        trains at ``lr``."""
         hp = self.hparams
         mults: dict[str, float] = {}
         if hp.backbone_lr_multiplier != 1.0:
@@ -351,14 +342,7 @@ class FinetuneModule(DownstreamModule):
         if hp.layer_decay is not None:
             decay = layer_decay_multipliers(self.model, hp.layer_decay, hp.inputs)
             mults.update({k: v * hp.backbone_lr_multiplier for k, v in decay.items()})
-        groups = param_groups(self, hp.lr, hp.weight_decay, mults)
-        for g in groups:
-            g.pop("param_names")
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
-        total = int(total) if total != float("inf") else 100_000
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return mults
 
 
 VQA_TOP_SCORES = 5
@@ -369,14 +353,15 @@ def prediction_rows(dm: TaskData, label_names: list[str], logits: Tensor, ids: l
     """One prediction row per example from a fine-tuned head's ``logits``: ``id``,
     ``prediction`` (a label name, a VQA answer, or a regression value) and ``scores``
     (per-label probabilities; for VQA the top answers' sigmoid scores; for the memes family
-    the probability of label 1 under ``proba``)."""
-    family = dm.family.name
+    the probability of label 1 under ``proba``), as the family declares
+    (:attr:`~flava_zoo.tasks.TaskSpec.prediction`, ``positive_proba``)."""
+    spec = dm.family
     rows = []
     if dm.is_regression:
         for i, ident in enumerate(ids):
             rows.append({"id": ident, "prediction": float(logits[i, 0]), "scores": {}})
         return rows
-    if family == "vqa":
+    if spec.prediction == "sigmoid_top":
         probs = logits.sigmoid()
         top = probs.topk(min(VQA_TOP_SCORES, probs.shape[1]), dim=1)
         for i, ident in enumerate(ids):
@@ -387,7 +372,7 @@ def prediction_rows(dm: TaskData, label_names: list[str], logits: Tensor, ids: l
     for i, ident in enumerate(ids):
         scores = {name: round(float(p), 6) for name, p in zip(label_names, probs[i].tolist())}
         row = {"id": ident, "prediction": label_names[int(probs[i].argmax())], "scores": scores}
-        if family == "memes":
+        if spec.positive_proba:
             row["proba"] = float(probs[i, 1])
         rows.append(row)
     return rows

@@ -24,7 +24,6 @@ from .. import losses
 from ..evaluation.retrieval import retrieval_recall
 from ..models.heads import ITMHead
 from ..training.guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
-from ..training.optim import param_groups, warmup_cosine
 from .base import DownstreamModule, layer_decay_multipliers, load_itm_head
 from .zero_shot import RERANK_PREFIX, _index, itm_rerank
 
@@ -47,7 +46,8 @@ class RetrievalModule(DownstreamModule):
             pretraining run, ``itm_head.*`` of a fine-tuning run).
         freeze: towers to freeze, from ``image``, ``text``, ``fusion``.
         ks: recall cut-offs.
-        lr: peak learning rate.
+        lr: peak learning rate. This, ``layer_decay`` and the next four are the optimiser
+            settings (:class:`~flava_zoo.training.base.OptimizerConfig`).
         layer_decay: layer-wise learning-rate decay factor in (0, 1]; ``None`` for off.
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
@@ -111,7 +111,7 @@ class RetrievalModule(DownstreamModule):
     def setup(self, stage: str) -> None:
         dm = self.task_data()
         self.check_data_fits(dm)
-        if dm.family.name != "retrieval":
+        if "retrieval" not in dm.family.modes:
             raise ValueError(f"RetrievalModule needs a retrieval task, not {dm.task_name}")
         dm.attach_model(self.hparams.model, self.model.config.text.vocab_size)
         self._frozen_modules = []
@@ -310,17 +310,11 @@ class RetrievalModule(DownstreamModule):
         return score
 
     # ------------------------------------------------------------ optimiser
-    def configure_optimizers(self):
+    def lr_multipliers(self) -> dict[str, float]:
+        """With ``layer_decay``, one multiplier per depth of the backbone
+        (:func:`~flava_zoo.downstream.base.layer_decay_multipliers`)."""
         hp = self.hparams
-        mults = layer_decay_multipliers(self.model, hp.layer_decay, "multimodal") if hp.layer_decay else {}
-        groups = param_groups(self, hp.lr, hp.weight_decay, mults)
-        for g in groups:
-            g.pop("param_names")
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
-        total = int(total) if total != float("inf") else 100_000
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return layer_decay_multipliers(self.model, hp.layer_decay, "multimodal") if hp.layer_decay else {}
 
 
 class _Stack:

@@ -106,6 +106,8 @@ class ZeroShotClassifier(DownstreamModule):
             ``predictions.jsonl`` in the run folder.
     """
 
+    fit_refusal = "zero-shot classification runs with `flava-zoo test`, not `fit`"
+
     def __init__(
         self,
         model: str = "flava-tiny",
@@ -234,9 +236,6 @@ class ZeroShotClassifier(DownstreamModule):
     def on_predict_epoch_end(self) -> None:
         self.write_predictions(self._predictions)
         self._predictions = []
-
-    def configure_optimizers(self):  # pragma: no cover - nothing to fit
-        raise ValueError("zero-shot classification runs with `flava-zoo test`, not `fit`")
 
 
 def _index(out: Any, idx: Tensor) -> Any:

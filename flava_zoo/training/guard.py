@@ -1,8 +1,8 @@
 """Keep non-finite values out of the weights, the optimizer state and the checkpoints.
 
-One implementation for every training module (:class:`FlavaPretrainModule`,
-:class:`~flava_zoo.downstream.FinetuneModule`). A module calls
-:func:`nonfinite_guard` in three places::
+One implementation for every training module: :class:`~flava_zoo.training.base.FlavaTask`,
+the base of :class:`FlavaPretrainModule` and of every downstream module, calls
+:func:`nonfinite_guard` in the two optimiser hooks, and a module that trains in one more::
 
     def training_step(self, batch, batch_idx):
         loss = ...
@@ -27,9 +27,9 @@ still overflow ``exp_avg_sq`` or an update); a non-finite one stops the run befo
 checkpoint callbacks run, so every checkpoint the run writes is finite.
 
 The advice printed on a stop is ``--ckpt_path last`` with a lower
-``--model.init_args.lr``: the first step of a run applies the configured learning rate to
-a restored optimizer and schedule (:func:`apply_configured_lr`), so the lower rate takes
-effect on resume. Under a ``16-mixed`` gradient scaler non-finite gradients are the
+``--model.init_args.lr``: a resumed run applies optimiser settings given anew to the
+restored optimizer and schedule (:meth:`~flava_zoo.training.base.FlavaTask.on_train_start`),
+so the lower rate takes effect. Under a ``16-mixed`` gradient scaler non-finite gradients are the
 scaler's business (it skips the step and lowers its scale); only a non-finite loss counts.
 In manual optimisation ``on_before_optimizer_step`` still guards every ``opt.step()``;
 the post-step check needs the ``optimizer_step`` override (automatic optimisation).
@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_MAX_SKIPPED_STEPS", "NonFiniteGuard", "apply_configured_lr", "nonfinite_guard"]
+__all__ = ["DEFAULT_MAX_SKIPPED_STEPS", "NonFiniteGuard", "nonfinite_guard"]
 
 DEFAULT_MAX_SKIPPED_STEPS = 10
 """Consecutive skipped updates tolerated before the run stops."""
@@ -74,50 +74,6 @@ def _shown(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def apply_configured_lr(module: Any) -> list[tuple[float, float]]:
-    """Set the optimizers' base rates to ``module.hparams.lr`` times each group's
-    ``lr_multiplier`` (see :func:`~flava_zoo.training.optim.param_groups`), keeping the
-    schedule's current factor; return the ``(old, new)`` base rates that changed.
-
-    A fresh run is unchanged. A run resumed with ``--ckpt_path`` restores the optimizer's
-    and the scheduler's rates from the checkpoint; this makes a new ``--model.init_args.lr``
-    take effect.
-    """
-    lr = module.hparams.get("lr")
-    trainer = module.trainer
-    if lr is None or trainer is None:
-        return []
-    changed: list[tuple[float, float]] = []
-    scheduled = set()
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        base_lrs = getattr(scheduler, "base_lrs", None)
-        optimizer = _unwrap(scheduler.optimizer)
-        if base_lrs is None:
-            continue
-        scheduled.add(id(optimizer))
-        for i, group in enumerate(optimizer.param_groups):
-            want, base = float(lr) * float(group.get("lr_multiplier", 1.0)), float(base_lrs[i])
-            if want == base:
-                continue
-            group["lr"] = group["lr"] * want / base if base else want
-            group["initial_lr"] = want
-            base_lrs[i] = want
-            if hasattr(scheduler, "_last_lr"):
-                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-            changed.append((base, want))
-    for optimizer in trainer.optimizers:
-        optimizer = _unwrap(optimizer)
-        if id(optimizer) in scheduled:
-            continue
-        for group in optimizer.param_groups:
-            want = float(lr) * float(group.get("lr_multiplier", 1.0))
-            if group["lr"] != want:
-                changed.append((group["lr"], want))
-                group["lr"] = want
-    return changed
-
-
 class NonFiniteGuard:
     """Per-module state of the non-finite check (see the module docstring).
 
@@ -135,7 +91,6 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.first_bad_step: int | None = None
         self._loss_ok: Tensor | None = None
-        self._lr_applied = False
 
     def observe_loss(self, loss: Tensor) -> None:
         """Remember whether this micro-batch's loss is finite (checked at the optimizer step)."""
@@ -147,12 +102,6 @@ class NonFiniteGuard:
         optimizer then skips every parameter) or stop the run. Returns whether the update
         goes ahead."""
         trainer = module.trainer
-        if not self._lr_applied:
-            self._lr_applied = True
-            for old, new in apply_configured_lr(module):
-                from lightning.pytorch.utilities import rank_zero_info
-
-                rank_zero_info(f"learning rate {new:g} from the configuration replaces the checkpoint's {old:g}")
         optimizer = _unwrap(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         loss_ok = True if self._loss_ok is None else bool(self._loss_ok)

@@ -13,16 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
 from ..checkpoint import save_pretrained
 from ..models.pretraining import LOSS_TERMS, FlavaForPretraining, LossWeights
 from ..models.registry import create_model
+from .base import OPTIMIZER_HPARAMS, FlavaTask
 from .guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
 from .init import load_stage_weights, load_unimodal_weights
-from .optim import param_groups, warmup_cosine
+
+__all__ = ["OPTIMIZER_HPARAMS", "STAGES", "FlavaPretrainModule"]
 
 STAGES = ("image", "text", "multimodal")
 HEAD_TERMS = {"itm": "itm_head", "mlm": "mlm_head", "mim": "mim_head", "mmm_text": "mmm_text_head",
@@ -34,22 +35,9 @@ STAGE_WEIGHTS = {
     "multimodal": {"contrastive": 1.0, "itm": 1.0, "mmm_image": 1.0, "mmm_text": 1.0},
 }
 TOWERS = {"image": "image_encoder", "text": "text_encoder", "fusion": "fusion_encoder"}
-OPTIMIZER_HPARAMS = ("lr", "lr_multipliers", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
-                     "decay_steps")
-"""Hyperparameters that shape the optimizer and its schedule: given anew on resume, they take
-effect (:meth:`FlavaPretrainModule.on_train_start`)."""
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists and mappings as dicts, to compare saved and given hparams."""
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {k: _plain(v) for k, v in dict(value).items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-class FlavaPretrainModule(L.LightningModule):
+class FlavaPretrainModule(FlavaTask):
     """Pretrain a FLAVA model in stages.
 
     Args:
@@ -65,7 +53,8 @@ class FlavaPretrainModule(L.LightningModule):
         itm_hard_negatives: draw ITM negatives from contrastive similarity (ALBEF-style).
         itm_negatives: ``swap`` (FLAVA's: half the pairs get another text, one fusion pass,
             MMM on the matched half) or ``extra`` (a second fusion pass over ``B`` negatives).
-        lr: peak learning rate (FLAVA: 1e-3 at batch 8192; scale for your batch).
+        lr: peak learning rate (FLAVA: 1e-3 at batch 8192; scale for your batch). This and
+            the next six are the optimiser settings (:class:`~flava_zoo.training.base.OptimizerConfig`).
         lr_multipliers: per-tower multipliers, keys ``image``, ``text``, ``fusion``.
         weight_decay: AdamW weight decay, not applied to norms, biases and embeddings.
         betas: AdamW betas.
@@ -220,17 +209,6 @@ class FlavaPretrainModule(L.LightningModule):
         self._last_time = now
         return out.loss
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip an update whose loss or gradients are not finite, or stop the run
-        (:class:`~flava_zoo.training.guard.NonFiniteGuard`)."""
-        nonfinite_guard(self).before_optimizer_step(self, optimizer)
-
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, then stop before any checkpoint if it made a weight or its
-        optimizer state non-finite."""
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        nonfinite_guard(self).after_optimizer_step(self, optimizer)
-
     def on_train_epoch_end(self) -> None:
         """Log how many bad samples the data pipeline skipped this epoch."""
         self.log("data/skipped_samples", float(self._skipped))
@@ -264,81 +242,9 @@ class FlavaPretrainModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()})
         self._val_embeddings = []
 
-    def configure_optimizers(self):
-        """AdamW with per-tower learning rates and a warm-up + cosine schedule."""
-        hp = self.hparams
-        mults = {f"model.{TOWERS[k]}": v for k, v in (hp.lr_multipliers or {}).items()}
-        groups = param_groups(self.objective, hp.lr, hp.weight_decay, mults)
-        for g in groups:
-            g.pop("param_names")
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = self.trainer.estimated_stepping_batches if self.trainer is not None else 1000
-        total = int(total) if total != float("inf") else 100_000
-        scheduler = warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio, hp.get("decay_steps"))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Remember the resumed checkpoint's optimizer hyperparameters (see :meth:`on_train_start`)."""
-        saved = checkpoint.get("hyper_parameters") or {}
-        self._resumed_hparams = {k: saved.get(k) for k in OPTIMIZER_HPARAMS if k in saved}
-
-    def on_train_start(self) -> None:
-        """On resume, make optimizer hyperparameters given anew take effect.
-
-        Lightning restores the optimizer's ``param_groups`` (``lr``, ``initial_lr``,
-        ``weight_decay``, ``betas``) and the scheduler's ``base_lrs`` from the checkpoint, so a
-        run resumed with ``--model.init_args.lr=X`` would silently train at the old rate while
-        its new checkpoints record X. When any of :data:`OPTIMIZER_HPARAMS` differs from the
-        checkpoint's, the groups and the schedule are rebuilt from this run's values at the
-        restored step (the schedule's shape always follows this run's ``warmup_steps``,
-        ``decay_steps``, ``min_lr_ratio`` and length), and a warning names what changed.
-        """
-        saved = getattr(self, "_resumed_hparams", None)
-        self._resumed_hparams = None
-        if not saved:
-            return
-        changed = {
-            k: (saved[k], self.hparams.get(k))
-            for k in saved
-            if _plain(saved[k]) != _plain(self.hparams.get(k))
-        }
-        if not changed:
-            return
-        self._apply_optimizer_hparams()
-        from lightning.pytorch.utilities import rank_zero_warn
-
-        what = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        rank_zero_warn(
-            f"resumed at step {self.global_step} with new optimizer hyperparameters ({what}): "
-            "the optimizer and the learning-rate schedule now use them"
-        )
-
-    def _apply_optimizer_hparams(self) -> None:
-        """Set the restored optimizer's groups and scheduler to this run's hyperparameters."""
-        hp = self.hparams
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        mults = {f"model.{TOWERS[k]}": v for k, v in (hp.lr_multipliers or {}).items()}
-        fresh = param_groups(self.objective, hp.lr, hp.weight_decay, mults)
-        if len(fresh) != len(optimizer.param_groups):
-            raise ValueError(
-                f"cannot resume: lr_multipliers {hp.lr_multipliers!r} give {len(fresh)} parameter "
-                f"groups, the checkpoint's optimizer has {len(optimizer.param_groups)}"
-            )
-        for group, new in zip(optimizer.param_groups, fresh):
-            group.update(initial_lr=new["lr"], weight_decay=new["weight_decay"],
-                         betas=tuple(hp.betas), lr_multiplier=new["lr_multiplier"])
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if scheduler is None:
-                continue
-            scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-            lrs = [
-                base * factor(scheduler.last_epoch)
-                for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)
-            ]
-            for group, lr in zip(optimizer.param_groups, lrs):
-                group["lr"] = lr
-            scheduler._last_lr = lrs
+    def lr_multipliers(self) -> dict[str, float]:
+        """Per-tower learning-rate multipliers (``lr_multipliers``: ``image``, ``text``, ``fusion``)."""
+        return {f"objective.model.{TOWERS[k]}": v for k, v in (self.hparams.lr_multipliers or {}).items()}
 
     def on_train_end(self) -> None:
         """Export the trained weights (and the data module's tokenizer) when ``export_dir`` is set."""
