@@ -318,7 +318,7 @@ class LinearProbe(DownstreamModule):
             )
         dm = self.task_data()
         self.check_data_fits(dm)
-        if dm.family.name == "retrieval" or dm.is_regression or dm.family.name == "vqa":
+        if "linear_probe" not in dm.family.modes or dm.is_regression:
             raise ValueError(f"a linear probe needs single-label classification, not {dm.task_name}")
         n = dm.num_labels
         if self.hparams.num_classes is not None and self.hparams.num_classes != n:

@@ -138,7 +138,7 @@ class ZeroShotClassifier(DownstreamModule):
             raise ValueError("zero-shot classification runs with `flava-zoo test` or `flava-zoo predict`")
         dm = self.task_data()
         self.check_data_fits(dm)
-        if dm.family.name != "image_classification":
+        if "zero_shot" not in dm.family.modes:
             raise ValueError(f"zero-shot classification needs an image classification task, not {dm.task_name}")
         names = list(self.hparams.class_names or dm.label_names)
         if len(names) != dm.num_labels:
