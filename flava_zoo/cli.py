@@ -65,6 +65,23 @@ def lightning(argv: list[str]) -> int:
     return run_lightning(argv)
 
 
+def recipes(argv: list[str]) -> int:
+    """List the shipped recipes (name, family and stage or task, what each does); fit --config NAME."""
+    from .shipped import list_recipes
+
+    parser = argparse.ArgumentParser(prog="flava-zoo recipes", description=recipes.__doc__)
+    parser.add_argument("--paths", action="store_true", help="show each recipe's file too")
+    args = parser.parse_args(argv)
+    found = list_recipes()
+    width = max(len(r.name) for r in found)
+    kinds = [f"{r.family}: {r.kind}" if r.kind else r.family for r in found]
+    kind_width = max(len(k) for k in kinds)
+    for r, kind in zip(found, kinds):
+        line = f"{r.name:<{width}}  {kind:<{kind_width}}  {r.description}"
+        print(line + (f"  [{r.path}]" if args.paths else ""))
+    return 0
+
+
 def quickstart(argv: list[str]) -> int:
     """Pretrain flava-tiny in three stages on the shapes world and evaluate zero-shot retrieval."""
     from .training.quickstart import main as quickstart_main
@@ -119,6 +136,7 @@ COMMANDS = {
     "validate": lightning,
     "test": lightning,
     "predict": lightning,
+    "recipes": recipes,
     "quickstart": quickstart,
     "tour": tour,
     "zoo": zoo,

@@ -11,19 +11,34 @@ What it adds to Lightning's own CLI, for ``validate``, ``test`` and ``predict``:
   from the recipe's ``model`` section, so a model fine-tuned from an export of another shape
   is evaluated as it was trained and nothing the checkpoint holds is downloaded. Only the
   module's ``evaluation_args`` (results and prediction paths) keep the recipe's values.
+
+For every command:
+
+- ``--config`` takes a recipe file or a shipped recipe's name (``shapes_image``,
+  ``pretrain/shapes_image``; ``flava-zoo recipes`` lists them; :mod:`flava_zoo.shipped`).
+- ``fit`` checks ``init_from`` (and ``init_image_from`` / ``init_text_from``) before anything is
+  built: a missing path that a shipped recipe exports to stops with the recipe to run first.
+- With ``--trainer.logger=false`` the recipe's ``LearningRateMonitor`` is left out (it has no
+  logger to write to, and Lightning would refuse to start).
+
+:func:`run_recipe` / :func:`run_lightning` are the one way a recipe runs: the ``flava-zoo``
+command line and the benchmark runner both call them, and neither imports the other.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["EVALUATION_COMMANDS", "CommandError", "FlavaCLI", "find_checkpoint"]
+__all__ = ["EVALUATION_COMMANDS", "CommandError", "FlavaCLI", "find_checkpoint", "resolve_configs", "run_lightning",
+           "run_recipe"]
 
 EVALUATION_COMMANDS = ("validate", "test", "predict")
 
@@ -137,6 +152,9 @@ class FlavaCLI(LightningCLI):
         sub = self.subcommand
         cfg = self.config[sub]
         self._refuse_optimizer_options(cfg)
+        self._drop_lr_monitor_without_logger(cfg)
+        if sub == "fit":
+            self._check_init_from(cfg)
         if sub not in EVALUATION_COMMANDS:
             return
         ckpt_path = cfg.get("ckpt_path")
@@ -165,6 +183,41 @@ class FlavaCLI(LightningCLI):
             "groups, per-tower learning rates, warm-up); set them with --model.init_args.lr, "
             "weight_decay, betas, warmup_steps and the like instead"
         )
+
+    @staticmethod
+    def _drop_lr_monitor_without_logger(cfg: Any) -> None:
+        """``--trainer.logger=false`` asks for no logs: the recipe's ``LearningRateMonitor``
+        (which Lightning refuses to run without a logger) is left out with it."""
+        trainer = cfg.get("trainer")
+        callbacks = _get(trainer, "callbacks")
+        if trainer is None or _get(trainer, "logger") is not False or not callbacks:
+            return
+        kept = [cb for cb in callbacks if not str(_get(cb, "class_path", "")).endswith("LearningRateMonitor")]
+        if len(kept) != len(callbacks):
+            trainer["callbacks"] = kept
+
+    @staticmethod
+    def _check_init_from(cfg: Any) -> None:
+        """A later stage's ``init_from`` that does not exist stops ``fit`` before anything is
+        built, naming the shipped recipe that writes it when there is one."""
+        from .shipped import recipe_exporting_to
+
+        args = _get(cfg.get("model"), "init_args")
+        for key in ("init_from", "init_image_from", "init_text_from"):
+            value = _get(args, key)
+            if not value or Path(str(value)).exists():
+                continue
+            writer = recipe_exporting_to(str(value))
+            if writer is not None:
+                raise CommandError(
+                    f"--model.init_args.{key}: {value} does not exist: run "
+                    f"`flava-zoo fit --config {writer.name}` first (it writes {writer.export_dir or writer.root_dir}) "
+                    f"in this folder ({Path.cwd()}), or pass --model.init_args.{key}=<an export or a .ckpt>"
+                )
+            raise CommandError(
+                f"--model.init_args.{key}: {value} does not exist (expected the exported folder or "
+                f"Lightning .ckpt of an earlier stage; working directory {Path.cwd()})"
+            )
 
     def _rebuild_from(self, path: Path, cfg: Any) -> None:
         from .checkpoint import CHECKPOINT_KEY, read_training_checkpoint
@@ -256,9 +309,54 @@ class SigtermCheckpoint(Callback):
         self.saved = path
 
 
+_NAME_LIKE = re.compile(r"^[A-Za-z0-9_./\\-]+$")
+
+
+def resolve_configs(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--config`` / ``-c`` value that is not a file replaced by the shipped
+    recipe of that name (:func:`flava_zoo.shipped.find_recipe`). A value that is neither (and
+    looks like a name or a path, not inline YAML) raises :class:`CommandError` saying what is
+    shipped."""
+    from .shipped import ShippedNotFound, find_recipe
+
+    def resolve(value: str) -> str:
+        if Path(value).is_file() or not _NAME_LIKE.match(value):
+            return value
+        try:
+            return str(find_recipe(value))
+        except ShippedNotFound as e:
+            raise CommandError(f"--config {e}") from None
+
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            out += [arg, resolve(args[i + 1])]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            out.append("--config=" + resolve(arg.partition("=")[2]))
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def run_recipe(subcommand: str, config: str | Path | None = None, overrides: Sequence[str] = ()) -> int:
+    """Run one recipe: ``flava-zoo <subcommand> --config <config> <overrides...>`` in this
+    process (``subcommand``: ``fit``, ``validate``, ``test`` or ``predict``; ``config``: a file
+    or a shipped recipe's name). Returns the exit status (see :func:`run_lightning`)."""
+    if subcommand not in ("fit", *EVALUATION_COMMANDS):
+        raise ValueError(f"run_recipe: subcommand must be fit, validate, test or predict, got {subcommand!r}")
+    argv = [subcommand, *(["--config", str(config)] if config is not None else []), *overrides]
+    return run_lightning(argv)
+
+
 def run_lightning(argv: list[str]) -> int:
-    """Run :class:`FlavaCLI` on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` ...);
-    a :class:`CommandError` is printed as one line and returns 1. A run stopped by SIGTERM
+    """Run :class:`FlavaCLI` on ``argv`` (``fit``, ``validate``, ``test``, ``predict`` ...),
+    recipe names in ``--config`` resolved (:func:`resolve_configs`); a :class:`CommandError` is printed as one line and returns 1. A run stopped by SIGTERM
     returns 143 (128 + SIGTERM) with a message saying so; ``fit`` first saves ``last.ckpt``
     (:class:`SigtermCheckpoint`) and the message names it and how to resume."""
     import warnings
@@ -269,6 +367,7 @@ def run_lightning(argv: list[str]) -> int:
     command = argv[0] if argv else "lightning"
     stop = SigtermCheckpoint()
     try:
+        argv = resolve_configs(argv)
         with warnings.catch_warnings():
             # LightningCLI warns when given args while sys.argv holds some too, as it does
             # under the console script: here the args are that command line. (sys.argv itself

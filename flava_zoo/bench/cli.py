@@ -4,6 +4,7 @@
     flava-zoo bench run shapes --dry-run         # what would run, with the exact commands
     flava-zoo bench build shapes                 # Markdown + CSV + PNG from the records
     flava-zoo bench run path/to/suite.yaml --models merged --tasks vqa
+    flava-zoo bench run downstream_shapes --source quickstart=runs/qs6   # another export in that column
 
 A suite is a shipped name (``benchmarks/suites/<name>.yaml``) or a YAML file; see
 :mod:`flava_zoo.bench.suite` for the format.
@@ -12,11 +13,12 @@ A suite is a shipped name (``benchmarks/suites/<name>.yaml``) or a YAML file; se
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
-from .suite import Suite, find_suite, load_suite
+from .suite import NAME_PATTERN, ModelSpec, Suite, find_suite, load_suite
 
 __all__ = ["main"]
 
@@ -30,11 +32,31 @@ def _suite(args: argparse.Namespace) -> Suite:
         changes["work_dir"] = Path(args.work_dir)
     if args.out:
         changes["leaderboard"] = Path(args.out)
+    if args.source:
+        changes["models"] = _with_sources(suite, args.source)
     if changes:
-        import dataclasses
-
         suite = dataclasses.replace(suite, **changes)
     return suite.select(_names(args.models), _names(args.tasks))
+
+
+def _with_sources(suite: Suite, given: list[str]) -> tuple[ModelSpec, ...]:
+    """The suite's models with ``NAME=SOURCE`` applied: the model NAME takes its weights from
+    SOURCE (a registered architecture, a zoo ``arch.tag`` or an exported folder, required to
+    exist when it is a folder), or a model NAME is added."""
+    models = list(suite.models)
+    for item in given:
+        name, sep, source = item.partition("=")
+        if not sep or not NAME_PATTERN.match(name) or not source:
+            raise ValueError(f"--source {item!r}: expected NAME=SOURCE (a model name of letters, digits and _.+-; "
+                             "an architecture, a zoo arch.tag or a folder)")  # fmt: skip
+        requires = (Path(source),) if Path(source).is_dir() else ()
+        spec = ModelSpec(name, f"weights from {source} (--source)", source=source, requires=requires)
+        names = [m.name for m in models]
+        if name in names:
+            models[names.index(name)] = spec
+        else:
+            models.append(spec)
+    return tuple(models)
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -51,6 +73,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--out", help="leaderboard path without extension; default: the suite's")
         p.add_argument("--models", help="comma-separated model names (default: all)")
         p.add_argument("--tasks", help="comma-separated task names (default: all)")
+        p.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
+                       help="model NAME's weights from SOURCE (an export folder, architecture or zoo tag); "
+                            "adds the model when the suite has none of that name; repeatable")  # fmt: skip
         p.add_argument("--data-root", help="replaces {data_root} in the suite (default: its data_root, else data)")
         p.add_argument("--partial", action="store_true", help="average over the tasks present when some are missing")
         p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")

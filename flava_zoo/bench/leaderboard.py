@@ -4,7 +4,8 @@ Per task the headline metric of each model, in percent (the unit of every record
 records without a unit are converted when read); a group's average is the mean of its tasks; the macro average is the mean of the group
 averages (vision, language, multimodal), as FLAVA's Table 4 computes it. An average over a
 group with a missing task is ``n/a`` unless ``partial`` is asked for, in which case it is the
-mean of the tasks present and is marked.
+mean of the tasks present and is marked. A leaderboard built with ``averages=False`` shows the
+tasks alone; tasks with a ``chance`` level add a chance column.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class Leaderboard:
     scores: dict[tuple[str, str], Score]
     group_averages: dict[tuple[str, str], Average]
     overall: dict[str, Average]
+    averages: bool = True
+
+    @property
+    def has_chance(self) -> bool:
+        """Whether some task states its chance level (the tables then show a chance column)."""
+        return any(t.chance is not None for t in self.tasks)
 
     @property
     def groups(self) -> list[str]:
@@ -70,8 +77,12 @@ class Leaderboard:
             for task in (t for t in self.tasks if t.group == group):
                 values = [self.scores[(m, task.name)].value for m in self.models]
                 out.append((group, task.name, task.metric, "task", values, [False] * len(values)))
+            if not self.averages:
+                continue
             avgs = [self.group_averages[(m, group)] for m in self.models]
             out.append((group, f"{group} average", "", "group", [a.value for a in avgs], [a.partial for a in avgs]))
+        if not self.averages:
+            return out
         overall = [self.overall[m] for m in self.models]
         out.append(("all", "macro average", "", "overall", [a.value for a in overall], [a.partial for a in overall]))
         return out
@@ -92,6 +103,7 @@ def aggregate(
     keys: Mapping[tuple[str, str], str] | None = None,
     partial: bool = False,
     notes: Mapping[tuple[str, str], str] | None = None,
+    averages: bool = True,
 ) -> Leaderboard:
     """Build the leaderboard of ``models`` x ``tasks`` from ``records``.
 
@@ -99,7 +111,8 @@ def aggregate(
     percent, times the task's ``scale`` (default 1); with ``keys`` only records whose
     ``config_hash`` is the cell's key count (older configurations are ignored); when several
     match, the latest wins. A record in another unit than ``%`` is not mixed in: its cell is
-    n/a with a note. ``notes`` explain missing cells.
+    n/a with a note. ``notes`` explain missing cells. ``averages=False``: the tables show the
+    tasks alone (the averages are still computed).
     """
     latest: dict[tuple[str, str, str, str], ResultRecord] = {}
     for r in records:
@@ -128,7 +141,7 @@ def aggregate(
             group_averages[(m, g)] = _mean([scores[(m, t.name)].value for t in tasks if t.group == g], partial)
         avgs = [group_averages[(m, g)] for g in groups]
         overall[m] = _mean([a.value for a in avgs], partial, any(a.partial for a in avgs))
-    return Leaderboard(list(models), list(tasks), scores, group_averages, overall)
+    return Leaderboard(list(models), list(tasks), scores, group_averages, overall, averages)
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -141,9 +154,12 @@ def _fmt(value: float | None, partial: bool = False, digits: int = 1) -> str:
 def to_markdown_table(board: Leaderboard, digits: int = 1) -> str:
     """The table: tasks as rows (grouped, with group and macro averages), models as columns,
     numbers in percent (the header says so); the best number of each row in bold (when one
-    model alone has it)."""
+    model alone has it); a chance column last when some task states its chance level."""
+    chance = {t.name: t.chance for t in board.tasks} if board.has_chance else None
     head = f"| group | task | metric ({UNIT}) | " + " | ".join(f"`{m}`" for m in board.models) + " |"
     sep = "|---|---|---|" + "---:|" * len(board.models)
+    if chance is not None:
+        head, sep = head + " chance |", sep + "---:|"
     lines = [head, sep]
     for group, label, metric, kind, values, partial in board.rows():
         shown = [v for v in values if v is not None]
@@ -153,6 +169,8 @@ def to_markdown_table(board: Leaderboard, digits: int = 1) -> str:
             text = _fmt(v, p, digits)
             cells.append(f"**{text}**" if best is not None and v == best else text)
         name = label if kind == "task" else f"*{label}*"
+        if chance is not None:
+            cells.append(_fmt(chance.get(label), digits=digits) if kind == "task" else "")
         lines.append(f"| {group if kind != 'overall' else ''} | {name} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,10 +180,14 @@ def to_csv(board: Leaderboard) -> str:
     column (``%``): an empty cell is n/a, a trailing ``*`` marks a partial average."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["group", "task", "metric", "split", "unit", *board.models])
+    chance = {t.name: t.chance for t in board.tasks} if board.has_chance else None
+    writer.writerow(["group", "task", "metric", "split", "unit", *board.models, *(["chance"] if chance is not None else [])])
     splits = {t.name: t.split for t in board.tasks}
     for group, label, metric, kind, values, partial in board.rows():
         cells = ["" if v is None else f"{v:.6g}" + ("*" if p else "") for v, p in zip(values, partial)]
+        if chance is not None:
+            level = chance.get(label) if kind == "task" else None
+            cells.append("" if level is None else f"{level:.6g}")
         writer.writerow([group, label, metric, splits.get(label, "") if kind == "task" else "", UNIT, *cells])
     return buf.getvalue()
 

@@ -77,7 +77,7 @@ def build(
         if key in latest and latest[key][1]["status"] != "ok":
             entry = latest[key][1]
             notes[cell] = entry.get("error") or entry["status"]
-    board = aggregate(records, [m.name for m in suite.models], list(suite.tasks), keys, partial, notes)
+    board = aggregate(records, [m.name for m in suite.models], list(suite.tasks), keys, partial, notes, suite.averages)
     markdown = render(suite, board, runs, latest, keys, command)
     stem = Path(out) if out is not None else suite.leaderboard
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def render(
     command: str = "",
 ) -> str:
     """The Markdown document: provenance header, the table, models, tasks, missing cells, time."""
-    lines = [f"# Leaderboard: `{suite.name}`", ""]
+    lines = [f"# {suite.title}" if suite.title else f"# Leaderboard: `{suite.name}`", ""]
     stage_keys = [s.key for m in suite.models if m.pretrain for s in m.pretrain.stages]
     contributing = sorted({latest[k][0] for k in (*keys.values(), *stage_keys)
                            if k in latest and latest[k][1]["status"] == "ok"})  # fmt: skip
@@ -130,15 +130,22 @@ def render(
     if suite.description:
         lines += ["", suite.description]
     lines += ["", to_markdown_table(board), ""]
-    lines.append(
-        "Each task shows its headline metric in percent, the unit of every record (records written before records "
-        "stated a unit are read as fractions, times 100, except R@K recall, which was in percent already); "
-        "a group's average is the mean of its tasks, and the "
-        "macro average the mean of the group averages, as in FLAVA's Table 4. "
-        + ("An average marked * is over the tasks that ran. " if any(a.partial for a in board.group_averages.values()) else
-           "An average over a group with a missing task is n/a. ")
-        + "The best number of each row is in bold."
-    )  # fmt: skip
+    if not suite.averages:
+        lines.append(
+            "Each task shows its headline metric in percent, the unit of every record. "
+            + ("The chance column is the score of guessing (stated per task in the suite). " if board.has_chance else "")
+            + "The best number of each row is in bold."
+        )
+    else:
+        lines.append(
+            "Each task shows its headline metric in percent, the unit of every record (records written before "
+            "records stated a unit are read as fractions, times 100, except R@K recall, which was in percent "
+            "already); a group's average is the mean of its tasks, and the "
+            "macro average the mean of the group averages, as in FLAVA's Table 4. "
+            + ("An average marked * is over the tasks that ran. " if any(a.partial for a in board.group_averages.values()) else
+               "An average over a group with a missing task is n/a. ")
+            + "The best number of each row is in bold."
+        )  # fmt: skip
     lines += ["", "## Models", ""]
     for m in suite.models:
         text = f"- `{m.name}`" + (f": {m.description}" if m.description else "")

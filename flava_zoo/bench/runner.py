@@ -1,5 +1,10 @@
 """Run a suite: pretraining stages, then every (model, task) cell, through the recipes' CLI.
 
+Each job's commands are ``flava-zoo`` command lines (printed by ``--dry-run`` as they would be
+typed); they run in-process through :func:`flava_zoo.recipe_cli.run_lightning`, the one way a
+recipe runs, which sits below both this module and :mod:`flava_zoo.cli` (neither imports the
+other).
+
 Each pretraining stage is ``flava-zoo fit`` on its recipe and exports to
 ``<work_dir>/pretrain/<stage>-<key>/export``; a stage that finished (``done.json``) is
 reused by every model whose stages up to it are the same, in this run and the next. Each
@@ -197,7 +202,7 @@ def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[s
     if not _single_checkpoint_callback(task.recipe_text):
         raise ValueError(
             f"{task.recipe}: task {task.name!r} fits then tests, which needs one ModelCheckpoint "
-            "callback (save_last: true) in the recipe's trainer.callbacks"
+            "callback (save_last: true), the last of the recipe's trainer.callbacks"
         )
     steps = recipe_value(task.recipe_text, "trainer.max_steps", task.overrides)
     common += [f"--trainer.callbacks.init_args.dirpath={folder / 'checkpoints'}"]
@@ -208,14 +213,15 @@ def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[s
 
 
 def _single_checkpoint_callback(recipe_text: str) -> bool:
+    """Whether the recipe has one ``ModelCheckpoint`` and it is the last callback: the one
+    ``--trainer.callbacks.init_args.*`` options set (they apply to the last in the list)."""
     callbacks = recipe_value(recipe_text, "trainer.callbacks")
     if isinstance(callbacks, dict):
         callbacks = [callbacks]
-    return (
-        isinstance(callbacks, list)
-        and len(callbacks) == 1
-        and str(callbacks[0].get("class_path", "")).endswith("ModelCheckpoint")
-    )
+    if not isinstance(callbacks, list) or not callbacks:
+        return False
+    checkpoints = [c for c in callbacks if str(c.get("class_path", "")).endswith("ModelCheckpoint")]
+    return len(checkpoints) == 1 and checkpoints[0] is callbacks[-1]
 
 
 def done_cells(suite: Suite) -> set[tuple[str, str, str]]:
@@ -248,6 +254,10 @@ def plan(suite: Suite) -> Plan:
             missing = task.missing_data()
             if missing:
                 skipped[(model.name, task.name)] = f"data not on disk: {missing[0]}"
+                continue
+            missing = model.missing_data()
+            if missing:
+                skipped[(model.name, task.name)] = f"model not on disk: {missing[0]}"
                 continue
             deps = []
             if model.pretrain is not None:
@@ -313,7 +323,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from ..cli import main as cli_main
+    from ..recipe_cli import run_lightning
 
     folder = Path(payload["folder"])
     if folder.exists():
@@ -334,7 +344,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         try:
             for argv in payload["commands"]:
                 print("+ flava-zoo " + " ".join(argv), flush=True)
-                code = cli_main(list(argv))
+                code = run_lightning(list(argv))
                 if code:
                     error = f"flava-zoo {argv[0]} exited with status {code}"
                     break
@@ -435,7 +445,7 @@ def run_suite(
     n_stages = sum(j.kind == "stage" for j in work.jobs)
     n_cells = len(work.jobs) - n_stages
     print(f"[bench] suite {suite.name}: {len(suite.models)} models x {len(suite.tasks)} tasks; "
-          f"{len(work.done)} cells finished earlier, {len(work.skipped)} without data, "
+          f"{len(work.done)} cells finished earlier, {len(work.skipped)} without their data or model on disk, "
           f"to run: {n_stages} pretraining stages and {n_cells} cell runs "
           f"({jobs} job{'s' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''})", file=out, flush=True)  # fmt: skip
     for (m, t), why in work.skipped.items():

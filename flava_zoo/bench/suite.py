@@ -37,6 +37,7 @@ An example (``benchmarks/suites/shapes.yaml`` is the full one)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -47,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from .. import shipped
 from ..evaluation.results import config_hash
 
 __all__ = [
@@ -71,9 +73,8 @@ TEST_ONLY_MODULES = ("LinearProbe", "ZeroShotClassifier")
 """Downstream modules that fit nothing by gradient and run with ``flava-zoo test`` alone."""
 FUSION_ONLY_KEYS = ("fusion", "multimodal")
 """Config overrides that only change the fusion encoder: the unimodal stages ignore them."""
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_CHECKOUT = Path(__file__).resolve().parents[2]
-"""The checkout this package runs from (where ``recipes/`` and ``benchmarks/suites/`` live)."""
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+"""What a suite, model or task name may be."""
 
 
 class SuiteError(ValueError):
@@ -138,6 +139,13 @@ class ModelSpec:
     source: str | None = None
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     pretrain: PretrainSpec | None = None
+    requires: tuple[Path, ...] = ()
+    """Paths that must exist for the model's cells to run (an export made elsewhere, e.g. by
+    ``flava-zoo quickstart``); its cells are skipped, not failed, while one is missing."""
+
+    def missing_data(self) -> list[Path]:
+        """The required paths that do not exist."""
+        return [p for p in self.requires if not p.exists()]
 
     @property
     def key(self) -> str:
@@ -154,7 +162,8 @@ class TaskSpec:
     when read, see :mod:`flava_zoo.evaluation.results`), so the leaderboard shows the recorded
     value as it is; ``scale`` (default 1) multiplies it for display and is kept for suites that
     want another scale. ``requires``: paths that must exist for the task to run (real
-    datasets); a cell whose data is missing is skipped, not failed.
+    datasets); a cell whose data is missing is skipped, not failed. ``chance``: the score of
+    guessing, in percent, shown beside the models when given.
     """
 
     name: str
@@ -168,6 +177,7 @@ class TaskSpec:
     scale: float = 1.0
     description: str = ""
     requires: tuple[Path, ...] = ()
+    chance: float | None = None
 
     @property
     def key(self) -> str:
@@ -196,6 +206,10 @@ class Suite:
     results: Path = Path("benchmarks/results/results.jsonl")
     leaderboard: Path = Path("benchmarks/results/leaderboard")
     work_dir: Path = Path("runs/bench")
+    averages: bool = True
+    """Whether the leaderboard shows group and macro averages (FLAVA's Table 4) or the tasks alone."""
+    title: str = ""
+    """The leaderboard's heading (default ``Leaderboard: `<name>```)."""
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -233,25 +247,18 @@ def _digest(text: str) -> str:
 
 # ----------------------------------------------------------------------------- loading
 def find_suite(name_or_path: str | Path) -> Path:
-    """A suite file: ``name_or_path`` itself, or a shipped suite by name
-    (``benchmarks/suites/<name>.yaml`` under the working directory or this checkout)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    roots = [Path.cwd(), _CHECKOUT]
-    for root in roots:
-        candidate = root / "benchmarks" / "suites" / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
-    shipped = sorted({p.stem for r in roots for p in (r / "benchmarks" / "suites").glob("*.yaml")})
-    raise FileNotFoundError(f"no suite file {path} and no shipped suite named {str(name_or_path)!r} (shipped: {shipped})")
+    """A suite file: ``name_or_path`` itself, or a suite by name (``benchmarks/suites/<name>.yaml``
+    under the working directory, else the one shipped with the package:
+    :func:`flava_zoo.shipped.find_suite`)."""
+    return shipped.find_suite(name_or_path)
 
 
 def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
     """Read and check a suite file.
 
     Relative recipe paths are looked up under the working directory, the suite file's
-    parent folders, then this package's checkout (so ``recipes/...`` works from anywhere).
+    parent folders, then among the recipes shipped with the package (so ``recipes/...``
+    works from any folder, installed or not).
     ``{data_root}`` in task overrides and ``requires`` becomes ``data_root`` (argument, else
     the suite's ``data_root``, else ``data``).
     """
@@ -269,7 +276,10 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     r = _Reader(where)
     top = r.mapping(raw, "(top level)")
     r.only(top, "(top level)", {"name", "description", "data_root", "results", "leaderboard", "work_dir",
-                                "overrides", "models", "tasks"})  # fmt: skip
+                                "overrides", "models", "tasks", "averages", "title"})  # fmt: skip
+    averages = top.get("averages", True)
+    if not isinstance(averages, bool):
+        raise SuiteError(where, "averages", f"expected true or false, got {averages!r}")
     name = r.name(top.get("name"), "name")
     root = str(data_root if data_root is not None else top.get("data_root", "data"))
     shared = r.strings(top.get("overrides", []), "overrides")
@@ -292,6 +302,8 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
         results=Path(top.get("results", f"benchmarks/results/results_{name}.jsonl")),
         leaderboard=Path(top.get("leaderboard", f"benchmarks/results/leaderboard_{name}")),
         work_dir=Path(top.get("work_dir", f"runs/bench/{name}")),
+        averages=averages,
+        title=str(top.get("title", "")).strip(),
     )
 
 
@@ -321,7 +333,7 @@ class _Reader:
                             f"unknown field; expected one of {sorted(allowed)}")  # fmt: skip
 
     def name(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not NAME_PATTERN.match(value):
             raise self.fail(field, f"expected a name of letters, digits and _.+- , got {value!r}")
         return value
 
@@ -345,18 +357,20 @@ class _Reader:
         if given.is_absolute():
             candidates = [given]
         else:
-            roots = [Path.cwd(), *self.path.resolve().parents, _CHECKOUT]
+            roots = [Path.cwd(), *self.path.resolve().parents]
             candidates = [root / given for root in roots]
+            with contextlib.suppress(shipped.ShippedNotFound):
+                candidates.append(shipped.find_recipe(value))
         for candidate in candidates:
             if candidate.is_file():
                 return candidate.resolve(), candidate.read_text(encoding="utf-8")
         raise self.fail(field, f"recipe {value} not found (looked under the working directory, the suite's "
-                               "folders and this package's checkout)")  # fmt: skip
+                               "folders and the recipes shipped with flava-zoo)")  # fmt: skip
 
     # ------------------------------------------------------------------ models
     def model(self, value: Any, field: str) -> ModelSpec:
         m = self.mapping(value, field)
-        self.only(m, field, {"name", "description", "source", "overrides", "pretrain"})
+        self.only(m, field, {"name", "description", "source", "overrides", "pretrain", "requires"})
         name = self.name(m.get("name"), f"{field}.name")
         overrides = self.mapping(m.get("overrides", {}), f"{field}.overrides")
         if ("source" in m) == ("pretrain" in m):
@@ -366,7 +380,13 @@ class _Reader:
             source = m["source"]
             if not isinstance(source, str) or not source:
                 raise self.fail(f"{field}.source", f"expected a model name, zoo arch.tag or folder, got {source!r}")
-            return ModelSpec(name, description, source=source, overrides=overrides)
+            requires = m.get("requires", [])
+            if not isinstance(requires, list) or not all(isinstance(p, str) for p in requires):
+                raise self.fail(f"{field}.requires", f"expected a list of paths, got {requires!r}")
+            return ModelSpec(name, description, source=source, overrides=overrides,
+                             requires=tuple(Path(p) for p in requires))  # fmt: skip
+        if "requires" in m:
+            raise self.fail(f"{field}.requires", "a model pretrained by the suite requires nothing on disk")
         if overrides:
             raise self.fail(f"{field}.overrides", "a pretrained model takes its overrides under pretrain.overrides")
         return ModelSpec(name, description, pretrain=self.pretrain(m["pretrain"], f"{field}.pretrain"))
@@ -431,7 +451,11 @@ class _Reader:
     def task(self, value: Any, field: str, shared: tuple[str, ...], data_root: str) -> TaskSpec:
         t = self.mapping(value, field)
         self.only(t, field, {"name", "group", "recipe", "metric", "mode", "overrides", "split", "scale",
-                             "description", "requires"})  # fmt: skip
+                             "description", "requires", "chance"})  # fmt: skip
+        chance = t.get("chance")
+        if chance is not None and (isinstance(chance, bool) or not isinstance(chance, (int, float))
+                                   or not 0 <= chance <= 100):  # fmt: skip
+            raise self.fail(f"{field}.chance", f"expected the chance level in percent (0 to 100), got {chance!r}")
         name = self.name(t.get("name"), f"{field}.name")
         group = t.get("group")
         if group not in GROUPS:
@@ -466,6 +490,7 @@ class _Reader:
             scale=float(scale),
             description=str(t.get("description", "")).strip(),
             requires=tuple(Path(p.replace("{data_root}", data_root)) for p in requires),
+            chance=float(chance) if chance is not None else None,
         )
 
 
