@@ -1,10 +1,17 @@
 """flava-zoo: FLAVA-style multimodal models, staged pretraining, recipes, a model zoo and benchmarks."""
 
-__version__ = "0.2.0"
-
 from .checkpoint import load_pretrained, save_pretrained
 from .config import FlavaConfig, FusionEncoderConfig, ImageEncoderConfig, TextEncoderConfig
-from .models import FlavaModel, create_model, get_config, list_models, register_model
+from .factory import (
+    ModelSource,
+    create_model,
+    create_model_and_transforms,
+    get_tokenizer,
+    get_transform,
+    resolve_model,
+)
+from .models import FlavaModel, get_config, list_models, register_model
+from .version import __version__
 from .zoo import list_pretrained
 
 __all__ = [
@@ -12,13 +19,18 @@ __all__ = [
     "FlavaModel",
     "FusionEncoderConfig",
     "ImageEncoderConfig",
+    "ModelSource",
     "TextEncoderConfig",
     "__version__",
     "create_model",
+    "create_model_and_transforms",
     "get_config",
+    "get_tokenizer",
+    "get_transform",
     "list_models",
     "list_pretrained",
     "load_pretrained",
     "register_model",
+    "resolve_model",
     "save_pretrained",
 ]

@@ -465,7 +465,7 @@ def save_pretrained(
     ``card`` is the model card's text, or facts for it (:func:`model_card`). A folder holding
     anything but an export's files is refused (:func:`check_export_target`).
     """
-    from . import __version__
+    from .version import __version__
 
     target = check_export_target(directory)
     metadata = dict(metadata or {})

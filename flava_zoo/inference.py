@@ -13,11 +13,12 @@ repeated), the contrastive cosine (the dot product of the two normalised embeddi
 image-text matching probability (softmax of the ITM head's two logits over the fused class
 token, the "match" class), printed as a table and optionally written as JSONL.
 
-``--model``: a registered name (``flava-tiny``: random weights), a zoo tag
-(``flava-base.facebook``) or a folder written by :func:`flava_zoo.save_pretrained`. The
-tokenizer is the folder's ``vocab.txt`` (as :attr:`flava_zoo.downstream.TaskData.tokenizer`
-finds it), the zoo entry's vocabulary, or ``--tokenizer``; the image transform is the zoo
-entry's, else the evaluation transform at the model config's image size.
+``--model``: any name :func:`flava_zoo.create_model` takes: a registered name
+(``flava-tiny``: random weights), a zoo tag (``flava-base.facebook``), a folder written by
+:func:`flava_zoo.save_pretrained` or a flava-zoo ``.ckpt``, resolved once by
+:func:`flava_zoo.factory.resolve_model`. The tokenizer is ``--tokenizer``, else the model's own
+(:func:`flava_zoo.get_tokenizer`: the folder's ``vocab.txt``, the zoo entry's vocabulary, the
+checkpoint's stored one); the image transform is :func:`flava_zoo.get_transform`'s.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class InferenceModel:
     transform: Any
     device: torch.device
     max_length: int
+    source: Any = None
+    """The :class:`~flava_zoo.factory.ModelSource` ``name`` resolved to."""
 
     def _need_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -118,35 +121,14 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _is_checkpoint(model: str) -> bool:
-    from .checkpoint import is_training_checkpoint
-
-    return is_training_checkpoint(model)
-
-
-def _is_zoo_name(model: str) -> bool:
-    return not Path(model).is_dir() and not _is_checkpoint(model) and "." in model
-
-
-def _tokenizer(model: str, tokenizer: str | None) -> tuple[Any, str]:
+def _tokenizer(source: Any, tokenizer: str | None) -> tuple[Any, str]:
+    """``--tokenizer`` when given, else the model's own (:func:`flava_zoo.factory.load_tokenizer`)."""
+    from .factory import load_tokenizer
     from .tokenizer import FlavaTokenizer
 
     if tokenizer:
         return FlavaTokenizer.from_pretrained(tokenizer), f"{tokenizer}/vocab.txt"
-    folder = Path(model)
-    if folder.is_dir() and (folder / "vocab.txt").is_file():
-        return FlavaTokenizer.from_pretrained(folder), f"{folder}/vocab.txt"
-    if _is_checkpoint(model):
-        from .checkpoint import checkpoint_description
-
-        stored = checkpoint_description(model).get("tokenizer")
-        if stored is not None:
-            return FlavaTokenizer.from_dict(stored), f"the vocabulary stored in {model}"
-    if _is_zoo_name(model):
-        from .zoo import load_tokenizer
-
-        return load_tokenizer(model), f"the vocabulary of {model}"
-    return None, "none"
+    return load_tokenizer(source), source.tokenizer_origin
 
 
 def load_inference_model(
@@ -156,29 +138,25 @@ def load_inference_model(
     in eval mode on ``device`` (``auto``: CUDA when available), with its tokenizer and image
     transform (see the module doc). The text length limit is the smallest of ``max_length``,
     the tokenizer's and the model's position embeddings."""
-    from . import create_model, transforms
+    from .factory import create_model, get_transform, resolve_model
 
     dev = _device(device)
-    net = create_model(model).eval().to(dev)
+    source = resolve_model(model)
+    net = create_model(source).eval().to(dev)
     cfg = net.config
-    if not Path(model).is_dir() and not _is_zoo_name(model) and not _is_checkpoint(model):
+    if not source.pretrained:
         warnings.warn(f"{model} is an architecture name: its weights are random", stacklevel=2)
-    tok, origin = _tokenizer(model, tokenizer)
+    tok, origin = _tokenizer(source, tokenizer)
     if tok is not None and tok.vocab_size > cfg.text.vocab_size:
         raise InferenceError(
             f"the tokenizer ({origin}) has {tok.vocab_size} tokens but {model}'s text embedding has "
             f"{cfg.text.vocab_size}: use the model's own vocabulary"
         )
-    if _is_zoo_name(model):
-        from .zoo import image_transform
-
-        transform = image_transform(model)
-    else:
-        transform = transforms.image_transform(image_size=cfg.image.image_size)
+    transform = get_transform(source)
     limits = [cfg.text.max_position_embeddings] + ([tok.max_length] if tok is not None else [])
     if max_length is not None:
         limits.append(int(max_length))
-    return InferenceModel(str(model), net, tok, transform, dev, min(limits))
+    return InferenceModel(str(model), net, tok, transform, dev, min(limits), source)
 
 
 def _itm_head(model: InferenceModel, source: str | None) -> Any:
@@ -195,15 +173,18 @@ def _itm_head(model: InferenceModel, source: str | None) -> Any:
         return None
     dim = model.model.config.multimodal.hidden_size
     if source is None:
-        folder = Path(model.name)
-        if folder.is_dir() and (folder / "heads.safetensors").is_file():
+        from .factory import resolve_model
+
+        origin = model.source or resolve_model(model.name)
+        folder = origin.path
+        if origin.kind == "export" and (folder / "heads.safetensors").is_file():
             source = str(folder)
-        elif _is_zoo_name(model.name):
+        elif origin.kind == "zoo":
             from .zoo import load_pretraining_heads
 
             state = {
                 k.split("itm_head.", 1)[1]: v
-                for k, v in load_pretraining_heads(model.name).items()
+                for k, v in load_pretraining_heads(origin.location).items()
                 if k.startswith("itm_head.")
             }
             if not state:

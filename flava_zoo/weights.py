@@ -10,19 +10,27 @@ file of the zoo cache, the command that fetches it again.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .filecheck import content_problem
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+REPAIR_HINTS: list[Callable[[Path], str]] = []
+"""Functions that, for an unreadable file, return a sentence saying how to get it again
+(``""`` when they know nothing of it). The zoo adds its own
+(:func:`flava_zoo.zoo.repair_hint`), so this module need not import the zoo."""
+
+
+def _repair_hint(path: Path) -> str:
+    return "".join(hint(path) for hint in REPAIR_HINTS)
 
 
 def _not_weights(path: Path) -> bool:
     """Whether ``path`` is plainly no torch file (so a pickle refusal would mislead)."""
-    from .zoo.download import content_problem
-
     try:
         return content_problem(path, "weights") is not None
     except OSError:
@@ -38,15 +46,12 @@ def _refusal_detail(err: Exception) -> str:
 
 def _unreadable(path: Path, err: Exception) -> ValueError:
     """A ``ValueError`` naming ``path``, what is wrong with its bytes and how to repair it."""
-    from .zoo import repair_hint
-    from .zoo.download import content_problem
-
     try:
         problem = content_problem(path, "weights")
     except OSError:
         problem = None
     detail = problem or str(err).strip() or type(err).__name__
-    return ValueError(f"{path} is not a readable weights file: {detail}.{repair_hint(path)}")
+    return ValueError(f"{path} is not a readable weights file: {detail}.{_repair_hint(path)}")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:

@@ -123,9 +123,9 @@ def counting_server(tmp_path):
 
 
 def test_test_from_a_checkpoint_makes_no_request_for_a_zoo_model(tmp_path, monkeypatch, counting_server):
+    from flava_zoo import create_model
     from flava_zoo.data import ShapesWorld
     from flava_zoo.data.datamodules import shapes_tokenizer
-    from flava_zoo.models import create_model
     from flava_zoo.zoo.cli import main as zoo_main
 
     root, base, requests = counting_server

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ..evaluation.results import append_results, make_records
+from ..factory import ModelSource, create_model, resolve_model
 from ..models.flava import FlavaModel
 from ..models.heads import ITMHead
-from ..models.registry import create_model
 from ..training.base import FlavaTask
 from .data import TaskData
 
@@ -25,16 +25,10 @@ POOLINGS = ("cls", "mean", "embedding")
 _TOWER = {"image": "image_encoder", "text": "text_encoder"}
 
 
-def model_origin(model: str) -> str:
-    """Where the weights of ``model`` come from, for results records."""
-    path = Path(str(model))
-    if path.is_dir():
-        return str(path.resolve())
-    if path.suffix == ".ckpt":
-        return f"checkpoint {path.resolve()}"
-    if "." in str(model):
-        return f"zoo:{model}"
-    return f"random init ({model})"
+def model_origin(model: str | ModelSource) -> str:
+    """Where the weights of ``model`` come from, for results records
+    (:attr:`flava_zoo.factory.ModelSource.origin`)."""
+    return resolve_model(model).origin
 
 
 def layer_decay_multipliers(
@@ -134,12 +128,13 @@ class DownstreamModule(FlavaTask):
 
     def __init__(self, model: str, model_overrides: dict[str, Any] | None = None) -> None:
         super().__init__()
-        from ..checkpoint import checkpoint_description, is_training_checkpoint
+        from ..checkpoint import checkpoint_description
 
+        self._source = resolve_model(model)
         self._restored: dict[str, Any] | None = None
-        if is_training_checkpoint(model):
-            self._restored = checkpoint_description(model)
-        self.model = create_model(model, **(model_overrides or {}))
+        if self._source.kind == "checkpoint":
+            self._restored = checkpoint_description(self._source.location)
+        self.model = create_model(self._source, **(model_overrides or {}))
         self._frozen_modules: list[nn.Module] = []
 
     # ---------------------------------------------------------- checkpoints
@@ -161,7 +156,7 @@ class DownstreamModule(FlavaTask):
             saved = dict(self._restored.get("lineage") or {})
             saved["checkpoint"] = str(Path(str(self.hparams.model)).resolve())
             return saved
-        out: dict[str, Any] = {"pretrained": model_origin(self.hparams.model), "pretrained_name": str(self.hparams.model)}
+        out: dict[str, Any] = {"pretrained": self._source.origin, "pretrained_name": str(self.hparams.model)}
         trainer = self._trainer
         ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
         if ckpt:
@@ -303,7 +298,7 @@ class DownstreamModule(FlavaTask):
             lin = self.lineage()
             step = f" {lin['step']} steps" if "step" in lin else ""
             return f"{lin.get('pretrained', 'unknown source')}, fine-tuned{step}: checkpoint {lin['checkpoint']}"
-        origin = model_origin(self.hparams.model)
+        origin = self._source.origin
         trainer = self._trainer
         ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
         if ckpt:

@@ -415,31 +415,29 @@ class TaskData(L.LightningDataModule):
 
         return {"image_size": int(self.hparams.image_size), "mean": list(FLAVA_MEAN), "std": list(FLAVA_STD)}
 
-    def attach_model(self, model: str, vocab_size: int | None = None) -> None:
-        """Tell the data which model it feeds: an exported folder's ``vocab.txt`` becomes the
-        tokenizer; a flava-zoo checkpoint (``.ckpt``) brings its own tokenizer and image size.
-        With ``vocab_size`` (the model's text vocabulary), raises when the tokenizer has more
-        tokens than the model's embedding table."""
-        from ..checkpoint import checkpoint_description, is_training_checkpoint
+    def attach_model(self, model: Any, vocab_size: int | None = None) -> None:
+        """Tell the data which model it feeds (any name :func:`flava_zoo.create_model` takes,
+        or its :class:`~flava_zoo.factory.ModelSource`): an exported folder's ``vocab.txt`` or
+        a zoo entry's vocabulary becomes the tokenizer; a flava-zoo checkpoint (``.ckpt``)
+        brings its own tokenizer and image size. With ``vocab_size`` (the model's text
+        vocabulary), raises when the tokenizer has more tokens than the model's embedding table."""
+        from ..factory import load_tokenizer, resolve_model
 
-        path = Path(str(model))
+        source = resolve_model(model)
+        where = source.tokenizer or {}
         self._tokenizer = None
-        self._model_folder = None
-        self._zoo_name = None
-        if is_training_checkpoint(path):
-            info = checkpoint_description(path)
-            if info.get("tokenizer") is not None:
-                self._tokenizer = FlavaTokenizer.from_dict(info["tokenizer"])
-                self._tokenizer_origin = f"the vocabulary stored in {path}"
-            size = (info.get("transform") or {}).get("image_size")
+        self._model_folder = Path(where["folder"]) if "folder" in where else None
+        self._zoo_name = where.get("zoo")
+        if source.kind == "checkpoint":
+            if "stored" in where:
+                self._tokenizer = load_tokenizer(source)
+                self._tokenizer_origin = source.tokenizer_origin
+            size = source.transform.get("image_size")
             if size is not None and int(size) != int(self.hparams.image_size):
                 raise ValueError(
-                    f"checkpoint {path} was trained on {size} px images but the data gives "
+                    f"checkpoint {source.name} was trained on {size} px images but the data gives "
                     f"{self.hparams.image_size} px: set data image_size to {size}"
                 )
-        else:
-            self._model_folder = path if path.is_dir() and (path / "vocab.txt").is_file() else None
-            self._zoo_name = str(model) if not path.is_dir() and "." in str(model) else None
         if vocab_size is not None:
             tok = self.tokenizer
             if tok is not None and tok.vocab_size > vocab_size:

@@ -229,7 +229,7 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 
 def _package_version() -> str:
-    from flava_zoo import __version__
+    from flava_zoo.version import __version__
 
     return __version__
 

@@ -4,7 +4,7 @@ from .encoders import EncoderOutput, ImageEncoder, TextEncoder
 from .flava import FlavaModel, FlavaOutput
 from .fusion import FusionEncoder, FusionOutput
 from .heads import ClassificationHead, ITMHead, MaskedPredictionHead, Pooler
-from .registry import create_model, get_config, list_models, register_model
+from .registry import build_model, get_config, list_models, register_model
 
 __all__ = [
     "ClassificationHead",
@@ -18,7 +18,7 @@ __all__ = [
     "MaskedPredictionHead",
     "Pooler",
     "TextEncoder",
-    "create_model",
+    "build_model",
     "get_config",
     "list_models",
     "register_model",

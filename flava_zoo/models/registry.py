@@ -1,8 +1,11 @@
-"""Named model sizes and the one way to build a model: :func:`create_model`.
+"""Named model sizes: the architecture registry.
 
-Architectures register a config builder under a name (``flava-base``); a pretrained
-checkpoint is addressed as ``arch.tag`` (``flava-base.facebook``), after timm. The registry
-is the test matrix: tests are parametrised over :func:`list_models`.
+Architectures register a config builder under a name (``flava-base``); :func:`get_config`
+gives its :class:`FlavaConfig` and :func:`build_model` a :class:`FlavaModel` with random
+weights. Pretrained weights are addressed as ``arch.tag`` (``flava-base.facebook``), after
+timm, but that is the zoo's and the factory's business (:func:`flava_zoo.create_model`):
+this module knows nothing of either. The registry is the test matrix: tests are
+parametrised over :func:`list_models`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..config import FlavaConfig, FusionEncoderConfig, ImageEncoderConfig, TextEncoderConfig
@@ -53,37 +55,10 @@ def get_config(name: str, **overrides: Any) -> FlavaConfig:
     return config.replace(**overrides) if overrides else config
 
 
-def create_model(name: str | Path, pretrained: bool = False, **overrides: Any) -> FlavaModel:
-    """Build a :class:`FlavaModel`.
-
-    ``name`` is a registered architecture (``flava-tiny``), an ``arch.tag`` from the model
-    zoo (``flava-base.facebook``; implies ``pretrained``), a folder written by
-    :func:`flava_zoo.save_pretrained` (loads its config and weights), or a ``.ckpt`` file
-    written by a flava-zoo fine-tuning run (builds the model from the config stored in it
-    and loads its backbone; nothing is downloaded). ``overrides`` set config fields by name
-    (``fusion="co_attention"``, ``image_size=128``, ``text__num_layers=4``) and are applied
-    before any weights load.
-    """
-    from ..checkpoint import _locate, load_pretrained
-
-    path = _locate(Path(name))  # an export caught between its renames is put back first
-    if path.is_dir():
-        return load_pretrained(path, **overrides)
-    if path.suffix == ".ckpt":
-        from ..checkpoint import load_from_training_checkpoint
-
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return load_from_training_checkpoint(path, **overrides)
-    name = str(name)
-    arch, _, tag = name.partition(".")
-    if pretrained or tag:
-        from .. import zoo
-
-        return zoo.load_model(name, **overrides)
-    if arch not in _MODELS:
-        raise _unknown(name)
-    return FlavaModel(get_config(arch, **overrides))
+def build_model(name: str, **overrides: Any) -> FlavaModel:
+    """A :class:`FlavaModel` of architecture ``name`` with random weights (``overrides``
+    as for :func:`get_config`)."""
+    return FlavaModel(get_config(name, **overrides))
 
 
 @register_model("flava-tiny")
@@ -102,6 +77,18 @@ def flava_tiny() -> FlavaConfig:
         multimodal=FusionEncoderConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512),
         projection_dim=128,
     )
+
+
+@register_model("flava-tiny-shapes")
+def flava_tiny_shapes() -> FlavaConfig:
+    """flava-tiny with a 2-layer text tower and a 1-layer fusion encoder: the quickstart's
+    model. The shapes world's language (some 60 words, one clause pattern per object) needs
+    no deeper text tower; per stage-3 step it learned as much as flava-tiny at 0.6 of the
+    step's time (benchmarks/results/learning_speed.md)."""
+    config = flava_tiny()
+    config.text.num_layers = 2
+    config.multimodal.num_layers = 1
+    return config
 
 
 @register_model("flava-small")

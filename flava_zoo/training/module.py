@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import save_pretrained
+from ..factory import create_model
 from ..models.pretraining import LOSS_TERMS, FlavaForPretraining, LossWeights
-from ..models.registry import create_model
 from .base import OPTIMIZER_HPARAMS, FlavaTask
 from .guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
 from .init import load_stage_weights, load_unimodal_weights

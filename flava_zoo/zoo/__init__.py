@@ -4,8 +4,12 @@
 >>> flava_zoo.zoo.list_pretrained()                              # doctest: +SKIP
 ['flava-base.facebook', 'flava-base.torchmultimodal']
 >>> model = flava_zoo.create_model("flava-base.facebook")        # doctest: +SKIP
->>> tokenizer = flava_zoo.zoo.load_tokenizer("flava-base.facebook")  # doctest: +SKIP
->>> transform = flava_zoo.zoo.image_transform("flava-base.facebook")  # doctest: +SKIP
+>>> tokenizer = flava_zoo.get_tokenizer("flava-base.facebook")   # doctest: +SKIP
+>>> transform = flava_zoo.get_transform("flava-base.facebook")   # doctest: +SKIP
+
+The zoo knows its entries only; :mod:`flava_zoo.factory` (above it) tells a zoo tag from an
+architecture, an export folder or a checkpoint, and for zoo tags calls :func:`load_model`
+and :func:`load_tokenizer` and reads the entry's transform settings.
 
 Entries come from the registry shipped in the package, then from ``FLAVA_ZOO_REGISTRY``,
 then from :func:`add_registry`; see :mod:`flava_zoo.zoo.registry` for the format,
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..weights import REPAIR_HINTS
 from .convert import PretrainedWeights, convert, torchmultimodal_to_transformers
 from .download import (
     ChecksumError,
@@ -151,6 +156,10 @@ def repair_hint(path: str | os.PathLike) -> str:
         names = []
     name = names[0] if names else "NAME"
     return f" It is a cached download: fetch it again with `flava-zoo zoo download {name} --force`."
+
+
+if repair_hint not in REPAIR_HINTS:
+    REPAIR_HINTS.append(repair_hint)  # unreadable cached weights name the command that heals them
 
 
 def load_weights(
