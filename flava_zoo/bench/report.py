@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._jsonl import read_jsonl
 from ..evaluation.results import read_results
 from .environment import describe_machine
 from .leaderboard import Leaderboard, aggregate, to_csv, to_markdown_table, write_chart
@@ -29,14 +30,7 @@ def read_runs(results: str | Path) -> list[dict[str, Any]]:
     path = runs_log_path(results)
     if not path.is_file():
         return []
-    runs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                runs.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from e
-    return runs
+    return [record for _, record in read_jsonl(path)]
 
 
 def _latest_entries(runs: list[dict[str, Any]], suite_name: str) -> dict[str, tuple[int, dict[str, Any]]]:

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from flava_zoo._jsonl import read_jsonl as _read_jsonl
 from flava_zoo.tasks.entailment import SNLI_VE_LABELS
 from flava_zoo.tasks.glue import GLUE_TASKS, GlueTaskSpec
 from flava_zoo.tasks.memes import HATEFUL_MEMES_LABELS
@@ -136,27 +137,9 @@ def _read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for each non-blank line of a JSON-lines file; a line that
-    is not JSON, not an object or not UTF-8 raises :class:`TaskDataError` naming it."""
-    with path.open(encoding="utf-8") as f:
-        lines = enumerate(f, start=1)
-        while True:
-            try:
-                number, line = next(lines)
-            except StopIteration:
-                return
-            except UnicodeDecodeError:
-                raise not_utf8(path) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskDataError(path, f"not valid JSON ({e.msg})", line=number) from e
-            if not isinstance(record, dict):
-                raise TaskDataError(
-                    path, f"expected a JSON object, got {type(record).__name__}", line=number
-                )
-            yield number, record
+    is not JSON, not an object or not UTF-8 raises :class:`TaskDataError` naming it
+    (the package's one reader, :func:`flava_zoo._jsonl.read_jsonl`)."""
+    return _read_jsonl(path, error=TaskDataError)
 
 
 def _get(

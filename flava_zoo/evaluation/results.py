@@ -23,16 +23,17 @@ every other metric was a fraction and is multiplied by 100. The record read gets
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import os
 import re
-import subprocess
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .._jsonl import read_jsonl
+from .._provenance import config_hash, git_commit
 
 __all__ = [
     "PERCENT",
@@ -187,47 +188,6 @@ def upgrade_old_record(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _canonical(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    raise TypeError(f"config_hash cannot serialise {type(obj).__name__}: {obj!r}")
-
-
-def config_hash(obj: Any) -> str:
-    """First 12 hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys, no
-    whitespace). Dataclasses, paths, enums and sets are accepted, nested anywhere."""
-    import hashlib
-
-    text = json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-
-
-def git_commit(path: str | Path | None = None) -> str | None:
-    """HEAD commit of the git repository holding ``path`` (default: the working directory), or
-    ``None`` when it is not in one or git is unavailable."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=str(path) if path is not None else None,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and commit else None
-
-
 def _package_version() -> str:
     from flava_zoo.version import __version__
 
@@ -324,25 +284,16 @@ def read_results(path: str | Path) -> list[ResultRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from e
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object")
-            data = upgrade_old_record(data)
-            missing = [k for k in _FIELDS if k not in data]
-            if missing:
-                raise ValueError(f"{path}, line {number}: missing field {missing[0]!r}")
-            extra = sorted(set(data) - set(_FIELDS))
-            if extra:
-                raise ValueError(f"{path}, line {number}: unexpected field {extra[0]!r}")
-            try:
-                records.append(ResultRecord(**data))
-            except ValueError as e:
-                raise ValueError(f"{path}, line {number}: {e}") from e
+    for number, data in read_jsonl(path):
+        data = upgrade_old_record(data)
+        missing = [k for k in _FIELDS if k not in data]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing field {missing[0]!r}")
+        extra = sorted(set(data) - set(_FIELDS))
+        if extra:
+            raise ValueError(f"{path}, line {number}: unexpected field {extra[0]!r}")
+        try:
+            records.append(ResultRecord(**data))
+        except ValueError as e:
+            raise ValueError(f"{path}, line {number}: {e}") from e
     return records
