@@ -34,7 +34,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 if [ "$SMOKE" = 1 ]; then
-  exec "$PYTHON" benchmarks/speed.py --device "$DEVICE" --smoke --in-process --precisions fp32 \
+  exec "$PYTHON" benchmarks/speed.py --device "$DEVICE" --smoke --in-process --precisions fp32 --sizes "" --data-batches 0 \
     --compile flava_zoo --compile-backend eager --title "Speed on GPU (smoke)" --out "$OUT"
 fi
 exec timeout 470 "$PYTHON" benchmarks/speed.py --device "$DEVICE" --precisions bf16 --sizes flava-base \

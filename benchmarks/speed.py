@@ -28,10 +28,15 @@ def _list(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
+def settings_sizes(text: str) -> list[str]:
+    """The sizes a smoke run keeps when ``--sizes`` is given (``''``: none, pretraining only)."""
+    return _list(text)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="flava-tiny,flava-small,flava-base")
+    p.add_argument("--sizes", default=None, help="default: flava-tiny,flava-small,flava-base ('' for none)")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--implementations", default="flava_zoo,transformers,torchmultimodal")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -63,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    small = dict(sizes=["flava-tiny"], batch=2, reps=1, warmup=0, peak_sizes=[128], pretrain_batch=4,
+    small = dict(sizes=["flava-tiny"] if args.sizes is None else settings_sizes(args.sizes), batch=2, reps=1, warmup=0, peak_sizes=[128], pretrain_batch=4,
                  pretrain_warmup=0, pretrain_reps=1, data_batches=1, data_train_size=16, wds_samples=8)
     settings = SpeedSettings(
-        sizes=_list(args.sizes), precisions=_list(args.precisions), implementations=_list(args.implementations),
+        sizes=_list("flava-tiny,flava-small,flava-base" if args.sizes is None else args.sizes), precisions=_list(args.precisions), implementations=_list(args.implementations),
         device=args.device, batch=args.batch, text_length=args.text_length, warmup=args.warmup, reps=args.reps,
         reps_base=args.reps_base, cell_seconds=args.cell_seconds, isolate=not args.in_process,
         peak_sizes=[int(n) for n in _list(args.peak_sizes)], pretrain_sizes=_list(args.pretrain_sizes),
