@@ -575,14 +575,6 @@ def run(s: SpeedSettings, command: str, progress: Any = None) -> dict[str, Any]:
     if not units:
         report["notes"].append("this CPU has neither AVX512-BF16 nor AMX: bf16 rows are not measured "
                                "(bf16 matmuls run on a slow fallback); they wait for such a CPU")
-    for size in s.sizes:
-        for p in s.precisions:
-            if p == "bf16" and not units:
-                report["backbone"] += [{"size": size, "precision": p, "implementation": i,
-                                        "status": "not measured: no bf16 units"} for i in s.implementations]
-                continue
-            report["backbone"] += measure_backbone(size, s.implementations, s, p, report["matmul_peak"][p]["gflops"])
-            checkpoint()
     for size in s.pretrain_sizes:
         for p in s.precisions:
             if p == "bf16" and not units:
@@ -601,6 +593,15 @@ def run(s: SpeedSettings, command: str, progress: Any = None) -> dict[str, Any]:
                 row["model"] = f"{ours['size']} {ours['precision']} pretraining step, batch {ours['batch']}"
                 row["model_samples_per_s"] = ours["samples_per_s"]
                 row["workers_needed"] = max(1, math.ceil(ours["samples_per_s"] / row["samples_per_s"] * (1 - 1e-9)))
+        checkpoint()
+    for size in s.sizes:
+        for p in s.precisions:
+            if p == "bf16" and not units:
+                report["backbone"] += [{"size": size, "precision": p, "implementation": i,
+                                        "status": "not measured: no bf16 units"} for i in s.implementations]
+                continue
+            report["backbone"] += measure_backbone(size, s.implementations, s, p, report["matmul_peak"][p]["gflops"])
+            checkpoint()
     report["matmul_peak_at_end"] = {
         p: timing.matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, s.peak_sizes, s.device)["gflops"]
         for p in s.precisions if p == "fp32" or units}
