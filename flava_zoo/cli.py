@@ -165,12 +165,15 @@ def usage() -> str:
     for name, fn in COMMANDS.items():
         summary = SUMMARIES.get(name) or (fn.__doc__ or "").strip().splitlines()[0]
         lines.append(f"  {name:<22}{summary}")
-    lines += ["", "flava-zoo COMMAND --help shows a command's options; recipes are in recipes/."]
+    lines += ["", "flava-zoo COMMAND --help shows a command's options; flava-zoo recipes lists the recipes."]
     return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flava-zoo`` console script."""
+    from .reproducibility import reproducible_blas
+
+    reproducible_blas()  # before any matrix product of this process (see flava_zoo/reproducibility.py)
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)

@@ -128,14 +128,18 @@ class FlavaForPretraining(nn.Module):
             return losses.masked_prediction_loss(pred, targets)
         return losses.pixel_regression_loss(pred, targets.to(pred.dtype))
 
-    def forward(self, batch: Mapping[str, Tensor]) -> PretrainingOutput:
+    def forward(self, batch: Mapping[str, Tensor], fused: bool = True) -> PretrainingOutput:
         """Compute every active loss term for ``batch``.
 
         Keys: ``pixel_values`` and ``image_mask`` (``(B, N)`` bool) for images;
         ``input_ids``, ``attention_mask``, and ``masked_input_ids`` with ``mlm_labels``
-        (-100 where not masked) for text. Pairs carry both.
+        (-100 where not masked) for text. Pairs carry both. ``fused=False`` leaves out the
+        terms of the fusion encoder (ITM, MMM) and the masked tower passes they need, for
+        a step that trains only the contrastive (and any unimodal) terms.
         """
         w = asdict(self.weights)
+        if not fused:
+            w |= {"itm": 0.0, "mmm_image": 0.0, "mmm_text": 0.0}
         terms: dict[str, Tensor] = {}
         pixels = batch.get("pixel_values")
         ids = batch.get("input_ids")

@@ -68,6 +68,13 @@ class FlavaPretrainModule(FlavaTask):
         max_skipped_steps: an update whose loss or gradients are not finite is skipped
             (logged as ``train/skipped_steps``); one more than this many in a row stops
             the run (see :mod:`flava_zoo.training.guard`). ``0`` stops at the first.
+        fused_every: train the fused terms (ITM, MMM: the fusion encoder and the masked
+            tower passes they need) on every ``fused_every``-th step only, the contrastive
+            and unimodal terms on every step; ``1`` (FLAVA's) trains every term on every
+            step. On the shapes world ``2`` learned nearly as much per step as ``1`` at 0.7
+            of its cost (benchmarks/results/learning_speed.md). Keyed by the global step, so
+            a resumed run continues the same pattern. Under DDP, whose strategy must then
+            look for unused parameters, :meth:`setup` turns that on.
     """
 
     def __init__(
@@ -93,11 +100,14 @@ class FlavaPretrainModule(FlavaTask):
         export_dir: str | None = None,
         seed: int = 0,
         max_skipped_steps: int = DEFAULT_MAX_SKIPPED_STEPS,
+        fused_every: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if int(fused_every) < 1:
+            raise ValueError(f"fused_every must be at least 1, got {fused_every}")
         unknown = sorted(set(freeze or ()) - set(TOWERS))
         if unknown:
             raise ValueError(f"freeze: unknown tower(s) {unknown}; choose from {sorted(TOWERS)}")
@@ -140,6 +150,24 @@ class FlavaPretrainModule(FlavaTask):
             check_data_fits_model(datamodule, self.model.config, str(self.hparams.model))
         if stage == "fit" and self.hparams.export_dir:
             check_export_target(self.hparams.export_dir)
+        if stage == "fit" and self.hparams.fused_every > 1 and self.hparams.stage == "multimodal":
+            self._let_ddp_skip_the_fusion_encoder()
+
+    def _let_ddp_skip_the_fusion_encoder(self) -> None:
+        """With ``fused_every > 1`` the fusion encoder and its heads get no gradient on most
+        steps, which DDP refuses unless it looks for unused parameters: turn that on (this
+        hook runs before the strategy wraps the model) and say so once."""
+        from lightning.pytorch.strategies import DDPStrategy
+        from lightning.pytorch.utilities import rank_zero_info
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(strategy, DDPStrategy) and isinstance(kwargs, dict) and not kwargs.get("find_unused_parameters"):
+            kwargs["find_unused_parameters"] = True
+            rank_zero_info(
+                f"fused_every={self.hparams.fused_every}: the fusion encoder is unused on some steps, so DDP "
+                "looks for unused parameters (as strategy=ddp_find_unused_parameters_true)"
+            )
 
     def _freeze(self, stage: str, freeze: set[str], weights: dict[str, float]) -> list[str]:
         """Stop gradients for everything this stage does not train; return the frozen names."""
@@ -197,7 +225,8 @@ class FlavaPretrainModule(FlavaTask):
         """One optimisation step; a non-finite loss or gradient skips the update (or stops the
         run) in :meth:`on_before_optimizer_step`."""
         self._skipped += int(batch.pop("num_skipped", 0))
-        out = self.objective(batch)
+        fused = self.global_step % self.hparams.fused_every == 0
+        out = self.objective(batch) if fused else self.objective(batch, fused=False)
         nonfinite_guard(self).observe_loss(out.loss)
         bs = self._batch_size(batch)
         terms = {f"train/{k}": v for k, v in out.terms.items() if k != "loss"}

@@ -13,11 +13,21 @@ batch, so the contrastive task is mostly ambiguous); and a learning rate of 1e-3
 the embeddings collapse to one point and the loss stays at ln 64). The unimodal stages
 matter too: from scratch the text tower's class token starts out nearly the same for every
 caption (mean cosine 0.999 between captions), and the contrastive loss barely moves. And
-stage 3's learning rate holds its peak after warm-up and decays only over the last 60
-steps: in stage-3 runs at a held rate, zero-shot R@1 rose sharply between steps 280 and
-350, and a cosine over the whole stage spends half of it below half the peak (default run,
-1,000 test pairs: R@1 6.0 / 5.6 with the hold, 3.4 / 4.4 with the cosine, at the same 280
-steps and time).
+stage 3's learning rate holds its peak after warm-up and decays only over its last steps:
+at a held rate zero-shot R@1 rises steeply after a few hundred steps, and a cosine over the
+whole stage spends half of it below half the peak (280 steps of flava-tiny: R@1 6.0 / 5.6
+with the hold, 3.4 / 4.4 with the cosine).
+
+Since 0.3 two levers make a second of stage 3 learn about twice as much (measured one at a
+time, ``benchmarks/learning_levers.py``; the table is ``benchmarks/results/learning_speed.md``):
+the model is ``flava-tiny-shapes`` (flava-tiny with a 2-layer text tower and a 1-layer
+fusion encoder: as much R@1 per step, 0.6 of the step's time), and the fused terms (ITM and
+MMM, with the masked tower passes they need) train on every second step, the contrastive
+loss on every step (``fused_every=2``: nearly as much per step at 0.7 of the time; on every
+fourth step it learned clearly less). A higher stage-3 rate (2e-3 with AdamW beta2 0.98 and a
+longer warm-up) did not learn faster. Runs are reproducible: the same arguments and thread
+count on one machine give the same weights and metrics
+(:mod:`flava_zoo.reproducibility`).
 
 Output layout, for ``--output DIR``:
 
@@ -33,7 +43,6 @@ Output layout, for ``--output DIR``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -79,8 +88,47 @@ def evaluate_retrieval(model, tokenizer, world: ShapesWorld, split: str, num_pai
     return metrics
 
 
-MULTIMODAL_STEPS = 280
-MULTIMODAL_DECAY_STEPS: int | None = 60
+class RetrievalCurve(L.Callback):
+    """Zero-shot R@1 (both directions) on held-out test pairs every ``every`` training steps
+    and at the last, against the step and the training seconds so far (the evaluations' own
+    time is not counted): how fast a recipe learns, per step and per second."""
+
+    def __init__(self, every: int, tokenizer, world: ShapesWorld, pairs: int, split: str = "test") -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.every, self.tokenizer, self.world, self.pairs, self.split = every, tokenizer, world, pairs, split
+        self.points: list[dict[str, float]] = []
+        self._began = 0.0
+        self._evaluating = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Start the clock."""
+        self._began, self._evaluating = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Evaluate at every ``every``-th step and at the last."""
+        step = trainer.global_step
+        if step % self.every and step < (trainer.max_steps or 0):
+            return
+        if self.points and self.points[-1]["step"] == step:
+            return
+        paused = time.perf_counter()
+        metrics = evaluate_retrieval(pl_module.model, self.tokenizer, self.world, self.split, self.pairs)
+        pl_module.train()
+        self.points.append({
+            "step": step,
+            "seconds": round(paused - self._began - self._evaluating, 2),
+            "image_to_text_R@1": metrics["image_to_text_R@1"],
+            "text_to_image_R@1": metrics["text_to_image_R@1"],
+        })
+        self._evaluating += time.perf_counter() - paused
+
+
+MODEL = "flava-tiny-shapes"
+MULTIMODAL_STEPS = 640
+MULTIMODAL_DECAY_STEPS: int | None = 120
+MULTIMODAL_WARMUP_STEPS = 30
+FUSED_EVERY = 2
 LEGACY_ENTRIES = ("metrics.json", "stages")
 """What quickstarts before 0.2 wrote inside the export folder; a rerun removes them there."""
 
@@ -94,11 +142,11 @@ def run_folder(output: str | Path) -> Path:
     return output.with_name(output.name + ".run")
 
 
-def _trainer(max_steps: int, progress: bool) -> L.Trainer:
+def _trainer(max_steps: int, progress: bool, deterministic: bool = False, callbacks: list | None = None) -> L.Trainer:
     # a tqdm bar redrawn every 10 steps: rich's bar redraws from a thread of its own, which
     # costs a two-core machine about 8% of its step time
     return L.Trainer(
-        callbacks=[TQDMProgressBar(refresh_rate=10)] if progress else None,
+        callbacks=([TQDMProgressBar(refresh_rate=10)] if progress else []) + list(callbacks or []),
         max_steps=max_steps,
         accelerator="cpu",
         devices=1,
@@ -109,60 +157,104 @@ def _trainer(max_steps: int, progress: bool) -> L.Trainer:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
+        deterministic=deterministic or None,
     )
 
 
 def run(
     output: str | Path = "quickstart_out",
     seed: int = 0,
+    model: str = MODEL,
     image_steps: int = 100,
     text_steps: int = 100,
     multimodal_steps: int = MULTIMODAL_STEPS,
     batch_size: int = 64,
     lr: float = 2e-3,
     multimodal_lr: float = 1e-3,
-    eval_pairs: int = 1000,
-    progress: bool = True,
     multimodal_decay_steps: int | None = MULTIMODAL_DECAY_STEPS,
+    multimodal_warmup_steps: int = MULTIMODAL_WARMUP_STEPS,
+    fused_every: int = FUSED_EVERY,
+    eval_pairs: int = 1000,
+    curve_every: int = 0,
+    threads: int | None = None,
+    deterministic: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the three stages and the evaluation; write the export to ``output`` and
     ``metrics.json`` and the stage exports beside it, to :func:`run_folder` (``OUTPUT.run``).
 
-    The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``.
+    The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``. Two runs
+    with the same arguments and thread count on one machine write the same weights and
+    metrics (:func:`~flava_zoo.reproducibility.reproducible_blas`).
 
-    ``lr`` is the unimodal stages' peak learning rate, ``multimodal_lr`` stage 3's.
-    Stage 3 holds its peak rate after warm-up and decays over its last
-    ``multimodal_decay_steps`` steps (``None``: a cosine over the whole stage).
+    Args:
+        output: folder for the export; ``metrics.json`` and the stages go to ``OUTPUT.run`` beside it.
+        seed: seed of the world, the initialisation, the data order and the masks.
+        model: the architecture trained (a registered size, e.g. ``flava-tiny``).
+        image_steps: steps of stage 1 (masked image modelling).
+        text_steps: steps of stage 2 (masked language modelling, image tower frozen).
+        multimodal_steps: steps of stage 3 (contrastive, ITM, masked multimodal modelling).
+        batch_size: samples per step, every stage.
+        lr: peak learning rate of stages 1 and 2.
+        multimodal_lr: peak learning rate of stage 3.
+        multimodal_decay_steps: stage 3 holds its peak rate after warm-up, then decays over
+            this many last steps (0 ends on the peak rate; ``null`` or a value >= the stage's
+            steps gives a cosine over the whole stage).
+        multimodal_warmup_steps: linear warm-up steps of stage 3.
+        fused_every: stage 3 trains its fused terms (ITM, MMM: the fusion encoder and the
+            masked tower passes) on every ``fused_every``-th step and the contrastive loss on
+            every step (1: every term on every step, as FLAVA).
+        eval_pairs: held-out test pairs of the zero-shot retrieval evaluation.
+        curve_every: also evaluate every this many steps of stage 3 (0: only at the end);
+            ``metrics["curve"]`` then lists R@1 against the step and stage 3's training
+            seconds (the evaluations' own time left out).
+        threads: torch's intra-op threads (default: torch's own choice, the machine's cores).
+        deterministic: also make torch use deterministic algorithms only (Lightning's
+            ``Trainer(deterministic=True)``); runs are reproducible without it on CPU.
+        progress: show progress bars.
     """
+    from ..reproducibility import reproducible_blas
+
+    reproducible_blas()
     start = time.perf_counter()
     output = Path(output)
     check_export_target(output, ignore=LEGACY_ENTRIES)  # before minutes of training, not after
     run_dir = run_folder(output)
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = ["flava-zoo", "quickstart", "--output", str(output), "--seed", seed, "--image-steps", image_steps,
-               "--text-steps", text_steps, "--multimodal-steps", multimodal_steps, "--batch-size", batch_size,
-               "--lr", lr, "--multimodal-lr", multimodal_lr, "--multimodal-decay-steps",
-               multimodal_steps if multimodal_decay_steps is None else multimodal_decay_steps,
-               "--eval-pairs", eval_pairs]  # fmt: skip
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    settings = {"output": str(output), "seed": seed, "model": model, "image_steps": image_steps, "text_steps": text_steps,
+                "multimodal_steps": multimodal_steps, "batch_size": batch_size, "lr": lr,
+                "multimodal_lr": multimodal_lr, "multimodal_decay_steps": multimodal_decay_steps,
+                "multimodal_warmup_steps": multimodal_warmup_steps, "fused_every": fused_every,
+                "eval_pairs": eval_pairs, "curve_every": curve_every, "threads": torch.get_num_threads(),
+                "deterministic": deterministic}  # fmt: skip
+    command = ["flava-zoo", "quickstart"]
+    for name, value in settings.items():
+        command += [f"--{name}", "null" if value is None else str(value).lower() if isinstance(value, bool) else value]
     stages: list[dict[str, Any]] = []
     L.seed_everything(seed, verbose=False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     world = ShapesWorld(seed=seed)
     tokenizer = shapes_tokenizer(world)
     tokenizer_dir = run_dir / "stages" / "tokenizer"
     tokenizer.save(tokenizer_dir)
     previous = None
+    curve: list[RetrievalCurve] = []
+    stage_seconds: dict[str, float] = {}
     for stage, steps in (("image", image_steps), ("text", text_steps), ("multimodal", multimodal_steps)):
         if steps <= 0:
             continue
         print(f"[quickstart] stage {stage}: {steps} steps of batch {batch_size}", flush=True)
         module = FlavaPretrainModule(
-            model="flava-tiny",
+            model=model,
             stage=stage,
             init_from=previous,
             freeze=["image"] if stage == "text" else None,
             lr=multimodal_lr if stage == "multimodal" else lr,
-            warmup_steps=max(1, steps // 10),
+            warmup_steps=multimodal_warmup_steps if stage == "multimodal" else max(1, steps // 10),
+            fused_every=fused_every if stage == "multimodal" else 1,
             decay_steps=multimodal_decay_steps if stage == "multimodal" else None,
             weight_decay=0.05,
             seed=seed,
@@ -172,13 +264,16 @@ def run(
             stage=stage, seed=seed, image_size=image_cfg.image_size, patch_size=image_cfg.patch_size,
             batch_size=batch_size, tokenizer=str(tokenizer_dir), mask_seed=seed, captions=1,
         )
+        curve = [RetrievalCurve(curve_every, tokenizer, world, eval_pairs)] if curve_every and stage == "multimodal" else []
         began = time.perf_counter()
-        _trainer(steps, progress).fit(module, datamodule=data)
-        print(f"[quickstart] stage {stage}: {steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
+        _trainer(steps, progress, deterministic, curve).fit(module, datamodule=data)
+        stage_seconds[stage] = round(time.perf_counter() - began, 2)
+        print(f"[quickstart] stage {stage}: {steps} steps in {stage_seconds[stage]:.0f} s", flush=True)
         previous = str(run_dir / "stages" / stage)
         facts = {"stage": stage, "steps": steps, "batch_size": batch_size, "lr": module.hparams.lr,
                  "warmup_steps": module.hparams.warmup_steps, "decay_steps": module.hparams.decay_steps,
-                 "freeze": module.hparams.freeze}  # fmt: skip
+                 "freeze": module.hparams.freeze,
+                 "fused_every": module.hparams.fused_every if stage == "multimodal" else None}  # fmt: skip
         stages.append({k: v for k, v in facts.items() if v is not None})
         module.export(previous)
     model = module.model
@@ -187,6 +282,11 @@ def run(
     novel = evaluate_retrieval(model, tokenizer, world, "test_novel", eval_pairs)
     metrics.update({f"novel_{k}": v for k, v in novel.items() if "R@" in k and "chance" not in k})
     metrics["seconds"] = time.perf_counter() - start
+    metrics["stage_seconds"] = stage_seconds
+    metrics["threads"], metrics["deterministic"] = torch.get_num_threads(), deterministic
+    metrics["mkl_cbwr"] = os.environ.get("MKL_CBWR")
+    if curve:
+        metrics["curve"] = curve[0].points
     metrics = {"unit": PERCENT, **metrics}
     for name in LEGACY_ENTRIES:  # an export holds nothing else: the run's files live beside it
         legacy = output / name
@@ -195,12 +295,12 @@ def run(
         elif os.path.lexists(legacy):
             legacy.unlink()
     card = {
-        "title": f"flava-tiny pretrained on the shapes world ({output.name})",
+        "title": f"{model} pretrained on the shapes world ({output.name})",
         "description": "FLAVA's three pretraining stages on flava-zoo's built-in shapes world, "
         "written by `flava-zoo quickstart`; evaluated zero-shot on held-out test pairs.",
         "command": shlex.join(str(c) for c in command),
         "stages": stages,
-        "metrics": metrics,
+        "metrics": {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
     }
     final = module.export(output, card=card)
     print(f"[quickstart] weights written to {final}", flush=True)
@@ -227,32 +327,40 @@ def print_table(metrics: dict[str, Any]) -> None:
     print(f"total time {metrics['seconds']:.0f} s")
 
 
+def _legacy_spelling(argv: list[str]) -> list[str]:
+    """``argv`` with the options of quickstarts before 0.3 (``--image-steps 5``,
+    ``--no-progress``) in the spelling of :func:`run`'s parameters (``--image_steps 5``,
+    ``--progress false``), which every other ``flava-zoo`` command uses."""
+    out = []
+    for arg in argv:
+        if arg == "--no-progress":
+            out += ["--progress", "false"]
+        elif arg.startswith("--") and "-" in arg[2:].split("=", 1)[0]:
+            name, eq, value = arg[2:].partition("=")
+            out.append("--" + name.replace("-", "_") + eq + value)
+        else:
+            out.append(arg)
+    return out
+
+
+def build_parser():
+    """The ``flava-zoo quickstart`` parser, derived from :func:`run`'s signature and docstring
+    (jsonargparse), so an option, its type, default and help exist in one place."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="flava-zoo quickstart", description=__doc__.split("\n\n")[0],
+                            default_env=False, exit_on_error=True)
+    parser.add_function_arguments(run, as_group=False)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: ``flava-zoo quickstart [--output DIR] [--seed N] ...``."""
-    parser = argparse.ArgumentParser(prog="flava-zoo quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--output", default="quickstart_out",
-        help="folder for the export; metrics.json and the stages go to OUTPUT.run beside it",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-steps", type=int, default=100)
-    parser.add_argument("--text-steps", type=int, default=100)
-    parser.add_argument("--multimodal-steps", type=int, default=MULTIMODAL_STEPS)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of stages 1 and 2")
-    parser.add_argument("--multimodal-lr", type=float, default=1e-3, help="peak learning rate of stage 3")
-    parser.add_argument(
-        "--multimodal-decay-steps", type=int, default=MULTIMODAL_DECAY_STEPS,
-        help="stage 3 holds its peak rate after warm-up, then decays over this many last steps "
-        f"(default {MULTIMODAL_DECAY_STEPS}; 0 ends on the peak rate; a value >= the stage's steps "
-        "gives a cosine over the whole stage)",
-    )
-    parser.add_argument("--eval-pairs", type=int, default=1000)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
-    run(
-        args.output, args.seed, args.image_steps, args.text_steps, args.multimodal_steps,
-        args.batch_size, args.lr, args.multimodal_lr, args.eval_pairs, progress=not args.no_progress,
-        multimodal_decay_steps=args.multimodal_decay_steps,
-    )
+    """Command-line entry: ``flava-zoo quickstart [--output DIR] [--seed N] ...``; every
+    parameter of :func:`run` is an option of the same name (``--multimodal_steps 300``; the
+    dashed spellings of earlier versions, ``--multimodal-steps``, are accepted too)."""
+    import sys
+
+    parser = build_parser()
+    args = parser.parse_args(_legacy_spelling(list(sys.argv[1:] if argv is None else argv)))
+    run(**vars(args))
     return 0
