@@ -20,7 +20,7 @@ BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "READM
 """What the build reads; copied apart so that the build writes nothing into the checkout."""
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     return result
@@ -87,7 +87,7 @@ def test_installed_wheel_runs_a_recipe_by_name_and_the_suite_dry_run(installed, 
     other = tmp_path / "other"
     other.mkdir()
     missing = subprocess.run([*cli, "fit", "--config", "shapes_text"], cwd=other, env=env, capture_output=True,
-                             text=True, timeout=180)  # fmt: skip
+                             text=True, timeout=900)  # fmt: skip
     assert missing.returncode == 1
     assert "runs/shapes_image/export does not exist: run `flava-zoo fit --config shapes_image` first" in missing.stderr
 
