@@ -54,7 +54,7 @@ def test_every_module_of_the_package_is_in_a_layer():
     modules |= {p.parent.name for p in package.glob("*/__init__.py")}
     required = {name for name in layers if name not in ("|", ":") and not name.startswith("(")}
     assert sorted(modules - listed) == []
-    assert sorted(required - modules) == []  
+    assert sorted(required - modules) == []
 
 
 def test_the_readme_layout_shows_the_same_layers_in_the_same_order():
