@@ -44,14 +44,16 @@ def test_dry_run_lists_exactly_the_runs_of_both_columns(export, tmp_path, capsys
     assert bench_main(["run", "downstream_shapes", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("model not on disk: quickstart_out/config.json") == len(ROWS)
+    assert out.count("model not on disk: runs/shapes_long/config.json") == len(ROWS)
     assert [line.split("would run random_init x ", 1)[1].rstrip(":") for line in out.splitlines()
             if "would run" in line] == RUNS  # fmt: skip
 
-    assert bench_main(["run", "downstream_shapes", "--dry-run", "--source", f"quickstart={export}"]) == 0
+    assert bench_main(["run", "downstream_shapes", "--dry-run", "--models", "quickstart,random_init",
+                       "--source", f"quickstart={export}"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     labels = [line.split("would run ", 1)[1].rstrip(":") for line in out.splitlines() if "would run" in line]
     assert labels == [f"{m} x {r}" for m in ("quickstart", "random_init") for r in RUNS]
-    assert f"--model.init_args.model={export.resolve()}" in out and "--model.init_args.model=flava-tiny" in out
+    assert f"--model.init_args.model={export.resolve()}" in out and "--model.init_args.model=flava-tiny-shapes" in out
     vqa = next(line for line in out.splitlines() if "flava-zoo fit" in line and "shapes_vqa" in line)
     for option in ("--trainer.callbacks.init_args.every_n_train_steps=600", "--data.init_args.train_size=19200",
                    "--data.init_args.batch_size=32", "--data.init_args.test_size=1000"):  # fmt: skip
@@ -64,6 +66,7 @@ def test_tiny_run_writes_the_table_with_random_init_and_chance(export, tmp_path)
     raw = yaml.safe_load(SUITE.read_text())
     raw.update(results=str(tmp_path / "results.jsonl"), leaderboard=str(tmp_path / "downstream"),
                work_dir=str(tmp_path / "work"))  # fmt: skip
+    raw["models"] = [m for m in raw["models"] if m["name"] != "shapes_long"]
     raw["models"][0].update(source=str(export), requires=[str(export / "config.json")])
     tiny = ["--trainer.max_steps=2", "--data.init_args.train_size=8", "--data.init_args.val_size=4",
             "--data.init_args.test_size=16", "--data.init_args.batch_size=4", "--trainer.limit_val_batches=0",

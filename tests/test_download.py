@@ -159,14 +159,24 @@ def put(server, name: str, data: bytes = PAYLOAD) -> str:
 
 
 def standalone(body: str) -> str:
-    """A script that loads download.py by path (stdlib only: no torch import in children)."""
+    """A script that loads download.py by path (stdlib only: no torch import in children).
+
+    Its package and the package root are stand-in namespace modules over the real folders,
+    so its relative import of ``flava_zoo.filecheck`` (stdlib only too) loads that file alone,
+    not ``flava_zoo/__init__.py`` and torch."""
+    zoo_dir = str(Path(dl.__file__).parent)
     return textwrap.dedent(
         f"""
-        import importlib.util, sys
-        spec = importlib.util.spec_from_file_location("zoo_download", {dl.__file__!r})
+        import importlib.util, sys, types
+        for name, folder in (("flava_zoo", {str(Path(zoo_dir).parent)!r}), ("flava_zoo.zoo", {zoo_dir!r})):
+            package = types.ModuleType(name)
+            package.__path__ = [folder]
+            sys.modules[name] = package
+        spec = importlib.util.spec_from_file_location("flava_zoo.zoo.download", {dl.__file__!r})
         dl = importlib.util.module_from_spec(spec)
-        sys.modules["zoo_download"] = dl
+        sys.modules["flava_zoo.zoo.download"] = dl
         spec.loader.exec_module(dl)
+        assert "torch" not in sys.modules
         """
     ) + textwrap.dedent(body)
 
