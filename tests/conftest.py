@@ -36,3 +36,17 @@ def one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_zoo(tmp_path, monkeypatch):
+    """A zoo of the test's own: ``FLAVA_ZOO_HOME`` in ``tmp_path``, no offline switch, no
+    extra registries, the registry cache reset before and after."""
+    from flava_zoo import zoo
+
+    monkeypatch.setenv("FLAVA_ZOO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FLAVA_ZOO_OFFLINE", raising=False)
+    monkeypatch.delenv("FLAVA_ZOO_REGISTRY", raising=False)
+    zoo.reset_registry()
+    yield
+    zoo.reset_registry()

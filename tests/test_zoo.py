@@ -54,13 +54,9 @@ def served(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLAVA_ZOO_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FLAVA_ZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("FLAVA_ZOO_REGISTRY", raising=False)
-    zoo.reset_registry()
+def isolated(isolated_zoo):
+    """Every test here gets its own zoo home and the built-in registry (conftest)."""
     yield
-    zoo.reset_registry()
 
 
 def same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -10,6 +10,7 @@ one that learns more per second is better on machines like the one recorded.
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -116,10 +117,12 @@ def measure(recipes: list[str], curve_every: int, eval_pairs: int, extra: dict[s
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         for name in recipes:
             args = {**RECIPES[name], **(extra or {})}
+            resolved = {k: v.default for k, v in inspect.signature(run).parameters.items()
+                        if k not in ("output", "eval_pairs", "curve_every", "progress")} | args  # fmt: skip
             print(f"[learning-speed] recipe {name}: {args}", flush=True)
             metrics = run(output=Path(tmp) / name, eval_pairs=eval_pairs, curve_every=curve_every,
                           progress=progress, **args)
-            record["runs"][name] = {"arguments": args, "metrics": metrics}
+            record["runs"][name] = {"arguments": args, "resolved": resolved, "metrics": metrics}
     record["machine_after"] = {"load_average": machine().get("load_average")}
     return record
 
@@ -165,12 +168,18 @@ def write_report(record: dict[str, Any], out: str | Path, threshold: float = 20.
         stages = m.get("stage_seconds", {})
         first = _first_reaching(m.get("curve", []), threshold)
         reach = f"step {first['step']}, {first['seconds']:.0f} s" if first else "not reached"
-        args = ", ".join(f"{k}={v}" for k, v in run["arguments"].items()) or "(defaults)"
+        args = ", ".join(f"{k}={v}" for k, v in run["arguments"].items()) or "(run()'s defaults)"
         lines.append(
             f"| {name} | {args} | {m.get('threads')} | {m.get('deterministic')} | "
             + " / ".join(f"{stages.get(s, 0):.0f}" for s in ("image", "text", "multimodal"))
             + f" | {m['seconds']:.0f} | {m['image_to_text_R@1']:.1f} / {m['text_to_image_R@1']:.1f} | {reach} |"
         )
+    lines += ["", "Whole run: from the start of the quickstart to its table, including the curve's "
+              "evaluations (stage 3's seconds minus its last point's seconds); a quickstart without "
+              "`--curve_every` takes that much less."]
+    for name, run in record["runs"].items():
+        if run.get("resolved"):
+            lines += ["", f"Recipe {name} in full: " + ", ".join(f"{k}={v}" for k, v in run["resolved"].items())]
     for name, run in record["runs"].items():
         lines += ["", f"## Recipe {name}: R@1 during stage 3", "",
                   "| step | seconds | R@1 image→text | R@1 text→image |", "|---|---|---|---|"]
