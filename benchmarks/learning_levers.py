@@ -5,11 +5,13 @@ clipping, without Lightning) so that variants of stage 3 start from the same sta
 export and evaluate zero-shot R@1 on held-out pairs as they go:
 
     python benchmarks/learning_levers.py curve --name base --save-stages runs/levers/base
-    python benchmarks/learning_levers.py curve --name fused2 --init runs/levers/base/text --fused-every 2
+    python benchmarks/learning_levers.py curve --name fe2 --init runs/levers/base/text --fused-every 2
     python benchmarks/learning_levers.py cost      # interleaved step times of the variants
 
 Each ``curve`` writes ``benchmarks/results/learning_levers/NAME.json``; the table in
-``benchmarks/results/learning_speed.md`` quotes them.
+``benchmarks/results/learning_speed.md`` quotes the names of ``flava_zoo.bench.learning.LEVERS``.
+The committed records came from this script's prototype (the same loop; option names such as
+``mm_lr`` in their ``args``).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def recipes(argv: list[str]) -> int:
 
 
 def quickstart(argv: list[str]) -> int:
-    """Pretrain flava-tiny in three stages on the shapes world and evaluate zero-shot retrieval."""
+    """Pretrain flava-tiny-shapes in three stages on the shapes world and evaluate zero-shot retrieval."""
     from .training.quickstart import main as quickstart_main
 
     return quickstart_main(argv)

@@ -14,8 +14,8 @@ matrix product: ``flava-zoo`` sets it on start, before it imports the model code
 a script that trains in a process of its own calls :func:`reproducible_blas` first. A value
 the user set is kept. Results still differ between thread counts (a sum split over more
 threads is added in another order) and between machines, and two full runs of the 0.2
-quickstart recipe on one machine (same arguments, 2 threads) still agreed only up to about
-step 100 of the multimodal stage: another operation adds in a varying order there, not
+quickstart recipe on one machine (same arguments, 2 threads) agreed at step 80 of the
+multimodal stage but not at step 120: another operation adds in a varying order there, not
 found yet. Short runs repeat exactly (tests/test_reproducibility.py).
 """
 

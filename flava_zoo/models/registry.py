@@ -83,7 +83,7 @@ def flava_tiny() -> FlavaConfig:
 def flava_tiny_shapes() -> FlavaConfig:
     """flava-tiny with a 2-layer text tower and a 1-layer fusion encoder: the quickstart's
     model. The shapes world's language (some 60 words, one clause pattern per object) needs
-    no deeper text tower; per stage-3 step it learned as much as flava-tiny at 0.6 of the
+    no deeper text tower; per stage-3 step it learned as much as flava-tiny at 0.65 of the
     step's time (benchmarks/results/learning_speed.md)."""
     config = flava_tiny()
     config.text.num_layers = 2

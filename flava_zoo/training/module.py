@@ -71,8 +71,8 @@ class FlavaPretrainModule(FlavaTask):
         fused_every: train the fused terms (ITM, MMM: the fusion encoder and the masked
             tower passes they need) on every ``fused_every``-th step only, the contrastive
             and unimodal terms on every step; ``1`` (FLAVA's) trains every term on every
-            step. On the shapes world ``2`` learned nearly as much per step as ``1`` at 0.7
-            of its cost (benchmarks/results/learning_speed.md). Keyed by the global step, so
+            step. On the shapes world ``2`` learned somewhat less per step than ``1`` at 0.69
+            of its cost, about as much or more per second (benchmarks/results/learning_speed.md). Keyed by the global step, so
             a resumed run continues the same pattern. Under DDP, whose strategy must then
             look for unused parameters, :meth:`setup` turns that on.
     """

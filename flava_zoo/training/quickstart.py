@@ -18,16 +18,16 @@ at a held rate zero-shot R@1 rises steeply after a few hundred steps, and a cosi
 whole stage spends half of it below half the peak (280 steps of flava-tiny: R@1 6.0 / 5.6
 with the hold, 3.4 / 4.4 with the cosine).
 
-Since 0.3 two levers make a second of stage 3 learn about twice as much (measured one at a
+Since 0.3 two levers make a step of stage 3 cost 0.46 of what it did (measured one at a
 time, ``benchmarks/learning_levers.py``; the table is ``benchmarks/results/learning_speed.md``):
 the model is ``flava-tiny-shapes`` (flava-tiny with a 2-layer text tower and a 1-layer
-fusion encoder: as much R@1 per step, 0.6 of the step's time), and the fused terms (ITM and
+fusion encoder: as much R@1 per step, 0.65 of the step's time), and the fused terms (ITM and
 MMM, with the masked tower passes they need) train on every second step, the contrastive
-loss on every step (``fused_every=2``: nearly as much per step at 0.7 of the time; on every
-fourth step it learned clearly less). A higher stage-3 rate (2e-3 with AdamW beta2 0.98 and a
+loss on every step (``fused_every=2``: somewhat less per step at 0.69 of the time, about as
+much or more per second; on every fourth step it learned clearly less). A higher stage-3 rate (2e-3 with AdamW beta2 0.98 and a
 longer warm-up) did not learn faster. Short runs are reproducible (the same arguments and
 thread count on one machine write the same bytes, :mod:`flava_zoo.reproducibility`); two
-full runs of the 0.2 recipe still drifted apart after about 100 multimodal steps.
+full runs of the 0.2 recipe still drifted apart: equal R@1 at multimodal step 80, not at 120.
 
 Output layout, for ``--output DIR``:
 
@@ -186,7 +186,9 @@ def run(
     The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``. BLAS sums
     are made alignment-independent first (:func:`~flava_zoo.reproducibility.reproducible_blas`),
     so short runs with the same arguments and thread count repeat exactly; long ones can
-    still drift (see the module docstring).
+    still drift (see the module docstring). That works only before the process's first
+    matrix product; ``metrics["mkl_cbwr"]`` is the environment's setting, not proof MKL
+    took it.
 
     Args:
         output: folder for the export; ``metrics.json`` and the stages go to ``OUTPUT.run`` beside it.
@@ -211,7 +213,8 @@ def run(
             seconds (the evaluations' own time left out).
         threads: torch's intra-op threads (default: torch's own choice, the machine's cores).
         deterministic: also make torch use deterministic algorithms only (Lightning's
-            ``Trainer(deterministic=True)``); runs are reproducible without it on CPU.
+            ``Trainer(deterministic=True)``); short CPU runs repeat exactly without it, long
+            ones can drift (see the module docstring).
         progress: show progress bars.
     """
     from ..reproducibility import reproducible_blas
