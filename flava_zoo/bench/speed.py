@@ -155,9 +155,14 @@ def unavailable(impl: str) -> str | None:
 
 
 def implementation_version(impl: str) -> str | None:
-    """Installed version of the package behind ``impl`` (None where it is not installed)."""
+    """Installed version of the package behind ``impl`` (None where it is not installed);
+    flava_zoo's own from the code that runs (an editable install's metadata can be stale)."""
     from importlib import metadata
 
+    if impl == "flava_zoo":
+        from ..version import __version__
+
+        return __version__
     for name in {"flava_zoo": ("flava-zoo",), "transformers": ("transformers",),
                  "torchmultimodal": ("torchmultimodal", "torchmultimodal-nightly")}[impl]:
         try:
