@@ -217,6 +217,7 @@ def run(
             ones can drift (see the module docstring).
         progress: show progress bars.
     """
+    settings = dict(locals())  # the arguments, first thing: the command of the model card
     from ..reproducibility import reproducible_blas
 
     reproducible_blas()
@@ -229,14 +230,11 @@ def run(
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    settings = {"output": str(output), "seed": seed, "model": model, "image_steps": image_steps, "text_steps": text_steps,
-                "multimodal_steps": multimodal_steps, "batch_size": batch_size, "lr": lr,
-                "multimodal_lr": multimodal_lr, "multimodal_decay_steps": multimodal_decay_steps,
-                "multimodal_warmup_steps": multimodal_warmup_steps, "fused_every": fused_every,
-                "eval_pairs": eval_pairs, "curve_every": curve_every, "threads": torch.get_num_threads(),
-                "deterministic": deterministic}  # fmt: skip
+    settings |= {"output": str(output), "threads": torch.get_num_threads()}
     command = ["flava-zoo", "quickstart"]
     for name, value in settings.items():
+        if name == "progress":
+            continue
         command += [f"--{name}", "null" if value is None else str(value).lower() if isinstance(value, bool) else value]
     stages: list[dict[str, Any]] = []
     L.seed_everything(seed, verbose=False)
