@@ -131,6 +131,13 @@ def score(argv: list[str]) -> int:
     return score_main(argv)
 
 
+def probe(argv: list[str]) -> int:
+    """Probes of what a model learned, scored against ground truth; an HTML report."""
+    from .probes.cli import main as probe_main
+
+    return probe_main(argv)
+
+
 COMMANDS = {
     "fit": lightning,
     "validate": lightning,
@@ -145,6 +152,7 @@ COMMANDS = {
     "evaluate-predictions": evaluate_predictions,
     "embed": embed,
     "score": score,
+    "probe": probe,
 }
 
 

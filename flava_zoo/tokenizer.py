@@ -378,6 +378,19 @@ class FlavaTokenizer:
             output["token_type_ids"] = token_type_ids
         return output
 
+    def token_offsets(self, texts: str | Sequence[str], max_length: int | None = None) -> list[list[tuple[int, int]]]:
+        """Per text, the character span ``(start, end)`` of each token of :meth:`__call__`'s
+        output (same truncation), ``(0, 0)`` for special tokens: which tokens spell a word
+        span (the probes map named objects to tokens with it)."""
+        batch = _as_batch(texts, "texts")
+        limit = _check_max_length(self._max_length if max_length is None else max_length, "max_length")
+        self._backend.enable_truncation(limit, strategy="longest_first")
+        encodings = self._backend.encode_batch(batch) if batch else []
+        return [
+            [(0, 0) if special else (int(a), int(b)) for (a, b), special in zip(e.offsets, e.special_tokens_mask)]
+            for e in encodings
+        ]
+
     def _id_list(self, ids: Sequence[int] | torch.Tensor, name: str) -> list[int]:
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:

@@ -50,3 +50,27 @@ def isolated_zoo(tmp_path, monkeypatch):
     zoo.reset_registry()
     yield
     zoo.reset_registry()
+
+
+@pytest.fixture(scope="session")
+def shapes_tokenizer():
+    """A WordPiece tokenizer of the shapes world's texts (captions, questions, hypotheses)."""
+    from flava_zoo.data.shapes import ShapesWorld
+    from flava_zoo.tokenizer import FlavaTokenizer
+
+    return FlavaTokenizer.train(ShapesWorld().corpus("train", include_tasks=True, max_scenes=400), vocab_size=256)
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory, shapes_tokenizer):
+    """An export folder of flava-tiny at random init (seed 0) with the shapes tokenizer and an
+    ITM head: the probes' "random model"."""
+    from flava_zoo import create_model
+    from flava_zoo.checkpoint import save_pretrained
+    from flava_zoo.models.heads import ITMHead
+
+    torch.manual_seed(0)
+    model = create_model("flava-tiny", text__vocab_size=shapes_tokenizer.vocab_size)
+    head = ITMHead(model.config.multimodal.hidden_size)
+    folder = tmp_path_factory.mktemp("random_export") / "flava-tiny-random"
+    return save_pretrained(model, folder, tokenizer=shapes_tokenizer, heads={"itm_head": head})

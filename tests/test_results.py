@@ -24,6 +24,7 @@ from flava_zoo.evaluation.results import (
 FIELDS = [
     "model", "model_source", "task", "split", "metric", "value", "num_samples",
     "config_hash", "package_version", "git_commit", "timestamp", "unit", "hyperparameters", "lineage",
+    "interval",
 ]  # fmt: skip
 
 
@@ -225,3 +226,24 @@ def test_old_records_without_a_unit_are_read_by_the_rule(tmp_path: Path) -> None
     path.write_text(json.dumps({**old, "extra": 1}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: unexpected field 'extra'"):
         read_results(path)
+
+
+def test_interval_is_checked_and_round_trips(tmp_path: Path) -> None:
+    from flava_zoo.stats import Interval
+
+    interval = Interval(87.5, 84.0, 90.5, n=408, resamples=1000)
+    record = _record(interval=interval)
+    assert record.interval == {**interval.to_dict()}
+    path = tmp_path / "r.jsonl"
+    append_results(path, [record, _record()])
+    back = read_results(path)
+    assert back[0].interval == record.interval and back[1].interval is None
+    with pytest.raises(ValueError, match="interval has no 'high'"):
+        _record(interval={"estimate": 1.0, "low": 0.0, "level": 0.95, "method": "t", "n": 3})
+    with pytest.raises(ValueError, match="low 3.0 is above high 1.0"):
+        _record(interval={**interval.to_dict(), "low": 3.0, "high": 1.0})
+    with pytest.raises(ValueError, match="unexpected field 'width'"):
+        _record(interval={**interval.to_dict(), "width": 2})
+    with pytest.raises(ValueError, match="'p' which is not among the metrics|not among the metrics"):
+        make_records({"acc": 1.0}, model="m", model_source="s", task="t", split="x",
+                     num_samples=3, intervals={"p": interval})

@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_SIZES",
     "SPLITS",
     "Background",
+    "Mention",
     "Scene",
     "ShapeObject",
     "ShapesCaptionEntailment",
@@ -157,6 +158,17 @@ class Scene:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objects", tuple(self.objects))
+
+
+@dataclass(frozen=True)
+class Mention:
+    """Where a text names an object of a scene: characters ``text[start:end]`` (the noun
+    phrase's size, colour and shape words, e.g. ``"large red circle"`` or ``"red circle"``)
+    name ``scene.objects[object_index]``."""
+
+    start: int
+    end: int
+    object_index: int
 
 
 def relation(a: ShapeObject, b: ShapeObject) -> str:
@@ -479,6 +491,62 @@ class ShapesWorld:
         """The rendered image of scene ``index`` of ``split``."""
         return self.render(self.scene(split, index))
 
+    # ------------------------------------------------------------------ ground truth
+    def object_masks(self, scene: Scene) -> np.ndarray:
+        """Visible pixels of each object: a boolean ``(objects, side, side)`` array, in the
+        order of ``scene.objects``, at the rendered image's resolution.
+
+        A pixel belongs to an object when the object's anti-aliased coverage there is at
+        least one half and no object drawn later covers it by one half (later objects are
+        on top), so the masks are disjoint and match what :meth:`render` draws.
+        """
+        side = self.image_size
+        masks = np.zeros((len(scene.objects), side, side), dtype=bool)
+        for k, obj in enumerate(scene.objects):
+            _, transparency, half = self._sprite(obj.shape, obj.colour, obj.size)
+            cover = (1.0 - transparency[:, ::3]) >= 0.5
+            top = round(obj.y * side - half - 0.5)
+            left = round(obj.x * side - half - 0.5)
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + cover.shape[0], side), min(left + cover.shape[1], side)
+            region = cover[y0 - top : y1 - top, x0 - left : x1 - left]
+            masks[:k, y0:y1, x0:x1] &= ~region
+            masks[k, y0:y1, x0:x1] = region
+        return masks
+
+    def object_boxes(self, scene: Scene) -> list[tuple[int, int, int, int]]:
+        """Each object's box ``(x0, y0, x1, y1)`` in pixels (``x1``, ``y1`` exclusive) around
+        its visible pixels (:meth:`object_masks`); ``(0, 0, 0, 0)`` for a hidden object."""
+        boxes = []
+        for mask in self.object_masks(scene):
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0:
+                boxes.append((0, 0, 0, 0))
+            else:
+                boxes.append((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        return boxes
+
+    def mentions(self, text: str, scene: Scene) -> list[Mention]:
+        """The spans of ``text`` that name an object of ``scene`` by its colour and shape
+        (with its size when the text gives it), in text order.
+
+        Every generated caption and question names objects so (``"a large red circle"``,
+        ``"the red circle"``, ``"is there a red circle?"``); a colour-shape pair the scene
+        does not hold (``"there is no green star"``) names nothing and is not a mention.
+        Plurals are not mentions (``"two circles"`` names no one object).
+        """
+        by_combination = {o.combination: k for k, o in enumerate(scene.objects)}
+        out = []
+        for match in _MENTION.finditer(text):
+            k = by_combination.get((match["colour"], match["shape"]))
+            if k is None:
+                continue
+            size = match["size"]
+            if size is not None and size != scene.objects[k].size:
+                continue
+            out.append(Mention(match.start(), match.end(), k))
+        return out
+
     # -------------------------------------------------------------------------- captions
     def captions(self, scene: Scene, rng: random.Random | int | None = None) -> list[str]:
         """:data:`CAPTIONS_PER_SCENE` true captions of ``scene``, the primary one first.
@@ -631,6 +699,12 @@ class ShapesWorld:
         if colours.count(obj.colour) == 1:
             options.append(f"the {obj.colour} object is {_article(obj.shape)}")
         return _choice(rng, options)
+
+
+_MENTION = re.compile(
+    rf"\b(?:(?P<size>{'|'.join(_RADIUS)}) )?(?P<colour>{'|'.join(_COLOUR_RGB)}) "
+    rf"(?P<shape>{'|'.join(_SHAPES)})\b(?!s\b|es\b)"
+)
 
 
 def _rel_words(rng: random.Random, a: ShapeObject, b: ShapeObject) -> str:

@@ -65,6 +65,12 @@ class ResultRecord:
     linear probe's ``l2``). ``lineage``: where the evaluated weights came from
     (``{"checkpoint": path, "step": n, "pretrained": name, ...}``). Both are JSON objects with
     string keys and JSON values (finite numbers); they are copied when the record is made.
+
+    ``interval``: the value's confidence interval, ``None`` when none was computed; else a
+    :meth:`flava_zoo.stats.Interval.to_dict` object (``estimate``, ``low``, ``high``,
+    ``level``, ``method``: ``bootstrap`` over ``n`` test items or ``t`` over ``n`` runs, and
+    ``resamples``), in the record's unit (a percentile bootstrap interval of a skewed
+    statistic need not contain the value).
     """
 
     model: str
@@ -81,6 +87,7 @@ class ResultRecord:
     unit: str = PERCENT
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     lineage: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    interval: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -123,6 +130,8 @@ class ResultRecord:
             raise ValueError(f"ResultRecord.timestamp {self.timestamp!r} is not in UTC")
         for name in ("hyperparameters", "lineage"):
             object.__setattr__(self, name, _json_object(getattr(self, name), f"ResultRecord.{name}"))
+        if self.interval is not None:
+            object.__setattr__(self, "interval", _check_interval(self.interval, self))
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
@@ -130,7 +139,31 @@ class ResultRecord:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(ResultRecord))
-_OPTIONAL_FIELDS = ("unit", "hyperparameters", "lineage")  # absent from old records
+_OPTIONAL_FIELDS = ("unit", "hyperparameters", "lineage", "interval")  # absent from old records
+_INTERVAL_KEYS = ("estimate", "low", "high", "level", "method", "n")
+
+
+def _check_interval(interval: Any, record: ResultRecord) -> dict[str, Any]:
+    """A checked copy of a record's interval (see :class:`ResultRecord`)."""
+    where = f"{record.task} {record.split} {record.metric}: interval"
+    if hasattr(interval, "to_dict"):
+        interval = interval.to_dict()
+    data = _json_object(interval, where)
+    missing = [k for k in _INTERVAL_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{where} has no {missing[0]!r}")
+    extra = sorted(set(data) - {*_INTERVAL_KEYS, "resamples"})
+    if extra:
+        raise ValueError(f"{where} has an unexpected field {extra[0]!r}")
+    for key in ("estimate", "low", "high", "level"):
+        if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
+            raise ValueError(f"{where} {key} must be a number, got {data[key]!r}")
+        data[key] = float(data[key])
+    if not data["low"] <= data["high"]:
+        raise ValueError(f"{where} low {data['low']} is above high {data['high']}")
+    if not 0.0 < data["level"] < 1.0:
+        raise ValueError(f"{where} level must be in (0, 1), got {data['level']}")
+    return data
 
 
 def to_percent(fractions: Mapping[str, Any]) -> dict[str, float]:
@@ -185,6 +218,7 @@ def upgrade_old_record(data: Mapping[str, Any]) -> dict[str, Any]:
         out["unit"] = PERCENT
     out.setdefault("hyperparameters", {})
     out.setdefault("lineage", {})
+    out.setdefault("interval", None)
     return out
 
 
@@ -207,12 +241,14 @@ def make_records(
     unit: str = PERCENT,
     hyperparameters: Mapping[str, Any] | None = None,
     lineage: Mapping[str, Any] | None = None,
+    intervals: Mapping[str, Any] | None = None,
 ) -> list[ResultRecord]:
     """One :class:`ResultRecord` per entry of ``metrics``, sharing the time stamp, the hash of
     ``config``, this package's version and the git commit of ``repo`` (default: the checkout
     this package was imported from, so the commit names the code that ran wherever the command
     ran; ``None`` for an installed wheel), the ``unit`` of the values (percent unless said otherwise), the selected
-    ``hyperparameters`` and the weights' ``lineage``."""
+    ``hyperparameters`` and the weights' ``lineage``. ``intervals`` maps a metric name to
+    its :class:`flava_zoo.stats.Interval` (or its dict); metrics without one get ``None``."""
     if not metrics:
         raise ValueError(f"no metrics to record for {model} on {task} {split}")
     common = {
@@ -229,8 +265,13 @@ def make_records(
         "hyperparameters": dict(hyperparameters or {}),
         "lineage": dict(lineage or {}),
     }
+    intervals = dict(intervals or {})
+    unknown = sorted(set(intervals) - set(metrics))
+    if unknown:
+        raise ValueError(f"interval for {unknown[0]!r}, which is not among the metrics")
     return [
-        ResultRecord(metric=name, value=float(value), **common) for name, value in metrics.items()
+        ResultRecord(metric=name, value=float(value), interval=intervals.get(name), **common)
+        for name, value in metrics.items()
     ]
 
 

@@ -4,9 +4,11 @@ from .encoders import EncoderOutput, ImageEncoder, TextEncoder
 from .flava import FlavaModel, FlavaOutput
 from .fusion import FusionEncoder, FusionOutput
 from .heads import ClassificationHead, ITMHead, MaskedPredictionHead, Pooler
+from .layers import AttentionRecorder, record_attention
 from .registry import build_model, get_config, list_models, register_model
 
 __all__ = [
+    "AttentionRecorder",
     "ClassificationHead",
     "EncoderOutput",
     "FlavaModel",
@@ -21,5 +23,6 @@ __all__ = [
     "build_model",
     "get_config",
     "list_models",
+    "record_attention",
     "register_model",
 ]
