@@ -33,6 +33,8 @@ def test_quickstart_writes_weights_and_metrics_that_reload(tmp_path, capsys):
     assert "stage multimodal: 3 steps in" in printed
     for name in ("model.safetensors", "heads.safetensors", "config.json", "vocab.txt", "README.md"):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert card.startswith("# flava-tiny-shapes pretrained on the shapes world (qs)\n"), card[:200]
     # the export stands alone: the run's metrics (and stages) lie beside it, in qs.run/
     metrics = json.loads((tmp_path / "qs.run" / "metrics.json").read_text())
     assert metrics["unit"] == "%"  # recall and chance in percent

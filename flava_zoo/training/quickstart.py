@@ -297,7 +297,7 @@ def run(
         elif os.path.lexists(legacy):
             legacy.unlink()
     card = {
-        "title": f"{model} pretrained on the shapes world ({output.name})",
+        "title": f"{settings['model']} pretrained on the shapes world ({output.name})",
         "description": "FLAVA's three pretraining stages on flava-zoo's built-in shapes world, "
         "written by `flava-zoo quickstart`; evaluated zero-shot on held-out test pairs.",
         "command": shlex.join(str(c) for c in command),
