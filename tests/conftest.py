@@ -74,3 +74,40 @@ def random_export(tmp_path_factory, shapes_tokenizer):
     head = ITMHead(model.config.multimodal.hidden_size)
     folder = tmp_path_factory.mktemp("random_export") / "flava-tiny-random"
     return save_pretrained(model, folder, tokenizer=shapes_tokenizer, heads={"itm_head": head})
+
+
+def _finetune_checkpoint(tmp_path_factory, task: str) -> Path:
+    """A 2-step Lightning fine-tune of flava-tiny on the shapes ``task`` recipe: a real
+    FinetuneModule checkpoint (last.ckpt) for the probes' classifier loading."""
+    from flava_zoo.cli import main
+
+    tmp = tmp_path_factory.mktemp(f"ft_{task}")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "finetune" / f"shapes_{task}.yaml"
+    args = [
+        "fit", "--config", str(recipe), f"--trainer.default_root_dir={tmp}", "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.precision=32",
+        "--trainer.callbacks.init_args.every_n_train_steps=1",
+        f"--trainer.callbacks.init_args.dirpath={tmp / 'checkpoints'}",
+        "--data.init_args.train_size=16", "--data.init_args.val_size=8", "--data.init_args.test_size=8",
+        "--data.init_args.batch_size=4", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def vqa_checkpoint(tmp_path_factory):
+    """A (barely trained) shapes-VQA FinetuneModule checkpoint."""
+    return _finetune_checkpoint(tmp_path_factory, "vqa")
+
+
+@pytest.fixture(scope="session")
+def memes_checkpoint(tmp_path_factory):
+    """A (barely trained) shapes memes-like FinetuneModule checkpoint."""
+    return _finetune_checkpoint(tmp_path_factory, "memes")

@@ -12,6 +12,7 @@ through :meth:`ProbeWriter.write` (one results record per metric, in percent unl
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -37,6 +38,8 @@ __all__ = [
     "batched",
     "load_classifier",
     "probe_task",
+    "pyplot",
+    "require",
 ]
 
 RESULTS_FILE = "results.jsonl"
@@ -45,6 +48,24 @@ FIGURES_FILE = "figures.jsonl"
 
 class ProbeError(ValueError):
     """An input or setting a probe cannot work with (exit status 1, no traceback)."""
+
+
+def require(module: str, extra: str = "probe") -> Any:
+    """Import ``module`` (scikit-learn, matplotlib, ...), or a :class:`ProbeError` saying
+    which extra installs it: the core install has no probe dependencies."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ProbeError(
+            f"this probe needs {module.split('.')[0]}: pip install 'flava-zoo[{extra}]'"
+        ) from None
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    return importlib.import_module("matplotlib.pyplot")
 
 
 def probe_task(name: str) -> str:
@@ -126,8 +147,7 @@ class ProbeWriter:
     def figure(self, probe: str, name: str, fig: Any, caption: str) -> Path:
         """Save the matplotlib figure ``fig`` as ``<figures_dir>/<model>/<probe>_<name>.png``,
         close it, and list it in ``figures.jsonl`` beside the results file."""
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         folder = self.figures_dir / _slug(self.model)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{probe}_{_slug(name)}.png"
@@ -154,7 +174,7 @@ class Classifier:
 
     ``forward`` takes a batch dict (``pixel_values``, ``input_ids``, ``attention_mask``,
     ``token_type_ids``) and returns ``(B, len(label_names))`` logits; ``task`` names the task
-    it was trained on (``shapes_vqa``, ``shapes_memes``, ...); ``inputs`` what it reads
+    it was trained on (``shapes/vqa``, ``shapes/memes``, ``vqav2/...``); ``inputs`` what it reads
     (``image``, ``text`` or ``multimodal``). :func:`load_classifier` builds one from a
     fine-tuning checkpoint; tests build them from modules they train.
     """
