@@ -32,6 +32,7 @@ TINY = [
 RECORD_FIELDS = {
     "model", "model_source", "task", "split", "metric", "value", "num_samples", "config_hash",
     "package_version", "git_commit", "timestamp", "unit", "hyperparameters", "lineage",
+    "interval",
 }  # fmt: skip
 COUNTED = {"accuracy", "vqa_accuracy"}
 """Metrics that are a share of the samples: in percent, value * num_samples / 100 is a count."""

@@ -18,10 +18,28 @@ from ..models.heads import ITMHead
 from ..training.base import FlavaTask
 from .data import TaskData
 
-__all__ = ["DownstreamModule", "layer_decay_multipliers", "load_itm_head", "model_origin"]
+__all__ = [
+    "LATE_FUSION",
+    "DownstreamModule",
+    "late_fusion_features",
+    "layer_decay_multipliers",
+    "load_itm_head",
+    "model_origin",
+]
 
 INPUTS = ("image", "text", "multimodal")
 POOLINGS = ("cls", "mean", "embedding")
+LATE_FUSION = "late_fusion"
+"""The features of a multimodal task without the fusion encoder (:meth:`DownstreamModule.encode`)."""
+
+
+def late_fusion_features(image: Tensor, text: Tensor) -> Tensor:
+    """``[u; v; u * v]`` ``(B, 3P)`` of image and text embeddings ``(B, P)``: concatenation
+    and elementwise product, the input of a late-fusion MLP head (as CLIP-style baselines
+    answer VQA and entailment with a dual encoder)."""
+    if image.shape != text.shape:
+        raise ValueError(f"image embeddings {tuple(image.shape)} and text embeddings {tuple(text.shape)} differ in shape")
+    return torch.cat([image, text, image * text], dim=-1)
 _TOWER = {"image": "image_encoder", "text": "text_encoder"}
 
 
@@ -244,8 +262,11 @@ class DownstreamModule(FlavaTask):
         return self
 
     def unused_modules(self, inputs: str) -> list[nn.Module | None]:
-        """Backbone parts a task reading ``inputs`` never runs."""
+        """Backbone parts a task reading ``inputs`` never runs (``late_fusion``: the fusion
+        encoder, its two embeddings being the features)."""
         m = self.model
+        if inputs == LATE_FUSION:
+            return [m.fusion_encoder]
         parts: list[nn.Module | None] = [m.image_projection, m.text_projection]
         if inputs == "image":
             parts += [m.text_encoder, m.fusion_encoder]
@@ -256,10 +277,18 @@ class DownstreamModule(FlavaTask):
     def encode(self, batch: Mapping[str, Any], inputs: str, pooling: str = "cls") -> Tensor:
         """Features ``(B, D)`` of the part ``inputs`` names (image tower, text tower or fusion
         encoder): its class token (``cls``), the mean of its tokens (``mean``, padding left
-        out) or, for a tower, its normalised contrastive embedding (``embedding``)."""
+        out) or, for a tower, its normalised contrastive embedding (``embedding``).
+
+        ``late_fusion`` features need no fusion encoder: ``[u; v; u * v]`` of the image and
+        text towers' normalised contrastive embeddings ``u`` and ``v`` (CLIP-style baselines
+        of vision-language tasks feed these to an MLP; :func:`late_fusion_features`)."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         m = self.model
+        if inputs == LATE_FUSION:
+            image = m.encode_image(batch["pixel_values"]).embedding
+            text = m.encode_text(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")).embedding
+            return late_fusion_features(image, text)
         if inputs == "image":
             out = m.encode_image(batch["pixel_values"])
         else:
@@ -286,8 +315,14 @@ class DownstreamModule(FlavaTask):
             return cfg.image.hidden_size
         if inputs == "text":
             return cfg.text.hidden_size
+        if inputs == LATE_FUSION:
+            return 3 * cfg.projection_dim
         if self.model.fusion_encoder is None:
-            raise ValueError("multimodal tasks need a fusion encoder; this model has fusion='none'")
+            raise ValueError(
+                "multimodal tasks need a fusion encoder; this model has fusion='none' (a dual "
+                "encoder): give the module late_fusion=true (--model.init_args.late_fusion=true) "
+                "for a late-fusion head over its two embeddings"
+            )
         return cfg.multimodal.hidden_size
 
     # ---------------------------------------------------------------- results

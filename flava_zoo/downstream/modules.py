@@ -18,7 +18,14 @@ from torchmetrics import MetricCollection
 
 from ..models.heads import ClassificationHead
 from ..training.guard import DEFAULT_MAX_SKIPPED_STEPS, nonfinite_guard
-from .base import INPUTS, DownstreamModule, gather_count, layer_decay_multipliers, load_itm_head
+from .base import (
+    INPUTS,
+    LATE_FUSION,
+    DownstreamModule,
+    gather_count,
+    layer_decay_multipliers,
+    load_itm_head,
+)
 from .data import TaskData
 
 __all__ = ["LOSSES", "FinetuneModule", "prediction_rows", "task_metrics"]
@@ -61,6 +68,11 @@ class FinetuneModule(DownstreamModule):
             exported folder with ``heads.safetensors``, or a checkpoint): for two-class
             multimodal tasks whose class 1 means "the text fits the image" (the memes-like
             task), so fine-tuning starts from the pretraining's matching decision.
+        late_fusion: for a multimodal task, feed the head ``[u; v; u * v]`` of the image and
+            text towers' contrastive embeddings instead of the fusion encoder's class token
+            (a late-fusion head: how a dual encoder, ``fusion: none``, answers fusion tasks;
+            on a fused model it tells what the fusion encoder adds). Give it an MLP head
+            (``head_hidden``); ignored for image and text tasks.
         dropout: dropout before the classifier.
         freeze_backbone: train the head only.
         lr: peak learning rate of the head (and of the top layer under layer decay). This,
@@ -92,6 +104,7 @@ class FinetuneModule(DownstreamModule):
         num_classes: int | None = None,
         head_hidden: int | None = None,
         itm_head_from: str | None = None,
+        late_fusion: bool = False,
         dropout: float = 0.1,
         freeze_backbone: bool = False,
         lr: float = 1e-4,
@@ -124,14 +137,20 @@ class FinetuneModule(DownstreamModule):
         self._test_names: list[str] = []
         self._predictions: list[dict[str, Any]] = []
 
+    def features(self, inputs: str) -> str:
+        """What the head reads for a task with ``inputs``: ``late_fusion`` for a multimodal
+        task when the module was given ``late_fusion``, else ``inputs``."""
+        return LATE_FUSION if inputs == "multimodal" and self.hparams.get("late_fusion") else inputs
+
     def _build_head(self, inputs: str, num_classes: int) -> None:
         hp = self.hparams
-        self.head = ClassificationHead(self.feature_dim(inputs), num_classes, hp.head_hidden, hp.dropout)
+        features = self.features(inputs)
+        self.head = ClassificationHead(self.feature_dim(features), num_classes, hp.head_hidden, hp.dropout)
         if hp.itm_head_from:
-            if inputs != "multimodal" or num_classes != 2 or hp.head_hidden:
+            if features != "multimodal" or num_classes != 2 or hp.head_hidden:
                 raise ValueError(
                     "itm_head_from needs a linear two-class head on multimodal inputs; this task has "
-                    f"inputs={inputs!r}, {num_classes} classes, head_hidden={hp.head_hidden}"
+                    f"inputs={features!r}, {num_classes} classes, head_hidden={hp.head_hidden}"
                 )
             itm = load_itm_head(hp.itm_head_from, self.feature_dim(inputs))
             self.head.pooler.load_state_dict(itm.pooler.state_dict())
@@ -169,7 +188,7 @@ class FinetuneModule(DownstreamModule):
             self._build_head(inputs, n)
         dm.attach_model(hp.model, self.model.config.text.vocab_size if inputs != "image" else None)
         self._frozen_modules = []
-        self.freeze_modules(self.unused_modules(inputs))
+        self.freeze_modules(self.unused_modules(self.features(inputs)))
         if hp.freeze_backbone:
             self.freeze_modules([self.model])
         self.val_metrics = task_metrics(dm, n)
@@ -218,7 +237,7 @@ class FinetuneModule(DownstreamModule):
         """Head outputs ``(B, num_classes)``."""
         if self.head is None:
             raise RuntimeError("the head is built when the module is attached to its data (setup)")
-        return self.head(self.encode(batch, self.hparams.inputs))
+        return self.head(self.encode(batch, self.features(self.hparams.inputs)))
 
     def loss(self, logits: Tensor, batch: dict[str, Any]) -> Tensor:
         kind = self.hparams.loss
