@@ -62,8 +62,10 @@ def _context(args: argparse.Namespace) -> ProbeContext:
     lineage: dict[str, Any] = {"pretrained": source.origin if source is not None else str(args.model)}
     if source is not None and not source.pretrained:
         lineage["random_init_seed"] = int(args.seed)
-    if args.classifier:
+    if classifier is not None:
         lineage["classifier"] = str(Path(args.classifier).resolve())
+        if classifier.task:
+            lineage["classifier_task"] = classifier.task
     writer = ProbeWriter(
         results=results,
         figures_dir=out / "figures",
