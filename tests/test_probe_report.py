@@ -31,7 +31,9 @@ def _records(folder, model, offset):
     writer = ProbeWriter(folder / "results.jsonl", folder / "figures", model, f"export:/x/{model}", {"pretrained": model})
     iv = Interval(estimate=60.0 + offset, low=50.0 + offset, high=70.0 + offset, level=0.95, method="bootstrap", n=40, resamples=1000)
     writer.write("negation", "test", {"flip_rate": Measure(60.0 + offset, iv, chance=50.0)}, 40, {"n": 40})
-    writer.write("embeddings", "val", {"nmi": Measure(0.25 + offset / 100, unit="1"), "ari": Measure(12.5, chance=0.0)}, 30)
+    t = Interval(estimate=0.25, low=0.2034, high=0.3, level=0.9, method="t", n=3)
+    nmi = Measure(0.25 + offset / 100, t if offset else None, unit="1")
+    writer.write("embeddings", "val", {"nmi": nmi, "ari": Measure(12.5, chance=0.0)}, 30)
     plt = pyplot()
     for probe in ("negation", "embeddings"):
         fig, ax = plt.subplots(figsize=(2, 1.5))
@@ -143,9 +145,12 @@ def test_tables_hold_values_intervals_chance_and_the_header_names_the_models(two
     assert re.sub(r"<[^>]+>", "", cells[2]) == "60.0 [50.0, 70.0]"
     assert re.sub(r"<[^>]+>", "", cells[3]) == "70.0 [60.0, 80.0]"
     assert cells[4] == "50.0" and "chance/" not in negation
-    assert "95% interval: bootstrap over items (n = 40, 1000 resamples)" in negation
+    assert "95% interval: percentile bootstrap over items (n = 40, 1000 resamples)" in negation
     embeddings = re.search(r'data-probe="embeddings">(.*?)</table>', text).group(1)
-    assert ">0.25<" in embeddings and ">0.35<" in embeddings and "no interval" in embeddings
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", embeddings)]
+    assert cells[2:5] == ["0.250", "0.350 [0.203, 0.300]", "&mdash;"]  # unit 1: no chance
+    assert cells[5:10] == ["val", "%", "12.5", "12.5", "0.0"]
+    assert "no interval" in embeddings and "90% interval: Student&#x27;s t over runs (n = 3)" in embeddings
     models = re.search(r'<table class="models">(.*?)</table>', text).group(1)
     assert "export:/x/tiny &lt;b&gt;" in models and "&quot;pretrained&quot;" in models
     from flava_zoo.version import __version__

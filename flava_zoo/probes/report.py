@@ -208,29 +208,46 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _number(value: float, unit: str) -> str:
-    """A value as the tables show it: one decimal in percent, three significant digits else."""
+def _decimals(unit: str, *values: float) -> int | None:
+    """The decimals a value and its interval are shown with: one in percent; else three
+    significant digits of the largest of them (``None``: scientific notation, for magnitudes
+    below 1e-6 or from 1e5)."""
     if unit == "%":
-        return f"{value:.1f}"
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
-        return f"{value:.2e}"
-    return f"{value:.3g}"
+        return 1
+    scale = max(abs(v) for v in values)
+    if scale == 0:
+        return 3
+    if scale < 1e-6 or scale >= 1e5:
+        return None
+    return max(0, 2 - math.floor(math.log10(scale)))
+
+
+def _number(value: float, decimals: int | None) -> str:
+    return f"{value:.2e}" if decimals is None else f"{value:.{decimals}f}"
 
 
 def _cell(record: ResultRecord | None) -> str:
-    """One table cell: ``value [low, high]``, the interval's description on hover."""
+    """One table cell: ``value [low, high]`` (the same decimals for all three), the
+    interval's description on hover."""
     if record is None:
         return '<td class="none">&mdash;</td>'
-    text = _e(_number(record.value, record.unit))
-    hover = [f"n = {record.num_samples}"]
     iv = record.interval
+    hover = [f"n = {record.num_samples}"]
+    if iv is not None and iv["method"] == "none":
+        hover.append("a single run: no interval")
+        iv = None
+    elif iv is None:
+        hover.append("no interval")
+    decimals = _decimals(record.unit, record.value, *((iv["low"], iv["high"]) if iv else ()))
+    text = _e(_number(record.value, decimals))
     if iv is not None:
-        text += f' <span class="iv">[{_e(_number(iv["low"], record.unit))}, {_e(_number(iv["high"], record.unit))}]</span>'
-        method = "bootstrap over items" if iv["method"] == "bootstrap" else f"{iv['method']} over runs"
+        low, high = _number(iv["low"], decimals), _number(iv["high"], decimals)
+        text += f' <span class="iv">[{_e(low)}, {_e(high)}]</span>'
+        method = {"bootstrap": "percentile bootstrap over items", "t": "Student's t over runs"}.get(
+            iv["method"], f"{iv['method']}"
+        )
         extra = f", {iv['resamples']} resamples" if iv.get("resamples") else ""
         hover.append(f"{_level(iv['level'])} interval: {method} (n = {iv['n']}{extra})")
-    else:
-        hover.append("no interval")
     return f'<td title="{_e("; ".join(hover))}">{text}</td>'
 
 
@@ -246,8 +263,9 @@ def _chance(values: Iterable[tuple[str, ResultRecord]]) -> str:
         return '<td class="none">&mdash;</td>'
     distinct = {round(r.value, 9) for _, r in values}
     if len(distinct) == 1:
-        return f'<td class="chance">{_e(_number(values[0][1].value, values[0][1].unit))}</td>'
-    parts = [f"{_e(_number(r.value, r.unit))} ({_e(model)})" for model, r in values]
+        r = values[0][1]
+        return f'<td class="chance">{_e(_number(r.value, _decimals(r.unit, r.value)))}</td>'
+    parts = [f"{_e(_number(r.value, _decimals(r.unit, r.value)))} ({_e(model)})" for model, r in values]
     return f'<td class="chance">{"<br>".join(parts)}</td>'
 
 
@@ -335,7 +353,9 @@ def _probe_table(probe: str, records: list[ResultRecord], models: list[str]) -> 
             + _chance((m, c[m]) for m in columns if m in c)
             + "</tr>"
         )
-    levels = _distinct(_level(r.interval["level"]) for r in records if r.interval is not None)
+    levels = _distinct(
+        _level(r.interval["level"]) for r in records if r.interval is not None and r.interval["method"] != "none"
+    )
     note = (
         f"Cells: value [{', '.join(levels)} interval]; hover a cell for the interval's method "
         "and the number of items."
@@ -398,6 +418,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
 table.probe td { font-variant-numeric: tabular-nums; }
 thead th { background: #f3f3f3; }
+table.models td { max-width: 32em; overflow-wrap: anywhere; }
 .iv { color: #666; }
 .chance { color: #666; font-style: italic; }
 .none { color: #999; }
