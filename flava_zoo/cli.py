@@ -131,6 +131,13 @@ def score(argv: list[str]) -> int:
     return score_main(argv)
 
 
+def filter_pairs(argv: list[str]) -> int:
+    """Keep the image-text pairs a model scores best (manifests, or the shapes world's)."""
+    from .filtering import main as filter_main
+
+    return filter_main(argv)
+
+
 def probe(argv: list[str]) -> int:
     """Probes of what a model learned, scored against ground truth; an HTML report."""
     from .probes.cli import main as probe_main
@@ -152,6 +159,7 @@ COMMANDS = {
     "evaluate-predictions": evaluate_predictions,
     "embed": embed,
     "score": score,
+    "filter": filter_pairs,
     "probe": probe,
 }
 

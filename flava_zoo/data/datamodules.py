@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..tokenizer import FlavaTokenizer
 from ..transforms import image_transform
 from .collate import pretrain_collator
+from .noise import KeptPairs, NoisyCaptions, read_kept_indices
 from .resume import resumable_loader
 from .shapes import ShapesImages, ShapesPairs, ShapesTexts, ShapesWorld
 
@@ -108,6 +109,10 @@ class ShapesPretrainData(L.LightningDataModule):
         captions: ``random`` draws one of each scene's captions per access; ``1`` always
             uses its primary caption.
         mask_seed: seed of the maskers' generators.
+        caption_noise: share of the training pairs (multimodal stage) whose caption is another
+            scene's (:class:`~flava_zoo.data.noise.NoisyCaptions`): weak pairs, as web data has.
+        noise_seed: which pairs are weak.
+        keep: a ``flava-zoo filter --shapes`` output: train on the scene indices it kept.
     """
 
     def __init__(
@@ -127,12 +132,17 @@ class ShapesPretrainData(L.LightningDataModule):
         mask_ratio: float = 0.4,
         captions: str = "random",
         mask_seed: int = 0,
+        caption_noise: float = 0.0,
+        noise_seed: int = 0,
+        keep: str | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        if not 0.0 <= caption_noise <= 1.0:
+            raise ValueError(f"caption_noise must be in [0, 1], got {caption_noise}")
         self.save_hyperparameters()
         self.world = ShapesWorld(
             seed=seed, image_size=image_size, sizes={"train": train_size, "val": val_size}
@@ -163,12 +173,21 @@ class ShapesPretrainData(L.LightningDataModule):
         captions = self.hparams.captions if split == "train" else 1
         if captions not in ("random", 1, "1"):
             raise ValueError(f"captions must be 'random' or 1, got {captions!r}")
-        return ShapesPairs(
+        pairs: Dataset = ShapesPairs(
             self.world,
             split,
             transform=transform,
             captions_per_image="random" if captions == "random" else 1,
         )
+        if split != "train":
+            return pairs
+        hp = self.hparams
+        if hp.caption_noise:
+            world = self.world
+            pairs = NoisyCaptions(pairs, hp.caption_noise, hp.noise_seed, text_of=lambda j: world.caption("train", j))
+        if hp.keep:
+            pairs = KeptPairs(pairs, read_kept_indices(hp.keep, self.world.split_size("train")))
+        return pairs
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         # resumable: order, random captions and masks follow (seed, epoch, batch), and
