@@ -112,6 +112,8 @@ _GRADIENT_ANGLES = 32
 
 # Scene, caption and task streams of the per-index random generators.
 _SCENE, _CAPTIONS, _VQA, _VISUAL_ENTAILMENT, _CAPTION_ENTAILMENT, _MEMES, _CLASSIFICATION = range(7)
+_ENTAILED_PAIRS = 7
+"""The stream of :meth:`ShapesVQA.entailed_pairs` (a stream of its own: the others are unchanged)."""
 
 
 @dataclass(frozen=True)
@@ -707,6 +709,17 @@ _MENTION = re.compile(
 )
 
 
+_SINGULAR = {_plural(s): s for s in _SHAPES}
+_VQA_QUESTION = re.compile(
+    rf"what colour is the (?P<colour_of>{'|'.join(_SHAPES)})\?"
+    rf"|what shape is the (?P<shape_of>{'|'.join(_COLOUR_RGB)}) object\?"
+    rf"|what size is the (?P<size_colour>{'|'.join(_COLOUR_RGB)}) (?P<size_shape>{'|'.join(_SHAPES)})\?"
+    rf"|is there an? (?P<exists_colour>{'|'.join(_COLOUR_RGB)}) (?P<exists_shape>{'|'.join(_SHAPES)})\?"
+    rf"|how many (?P<count_of>objects|{'|'.join(_SINGULAR)}) are there\?"
+)
+"""The questions of :class:`ShapesVQA`'s templates (read back by :meth:`ShapesVQA.answer`)."""
+
+
 def _rel_words(rng: random.Random, a: ShapeObject, b: ShapeObject) -> str:
     return _choice(rng, _RELATION_WORDS[relation(a, b)])
 
@@ -1084,6 +1097,108 @@ class ShapesVQA(_TaskDataset):
             question, answer = f"what size is {_ref(obj)}?", obj.size
         label = self.answer_vocabulary().index(answer)
         return {"question": question, "answer": answer, "label": label, "question_type": kind}
+
+    def answer(self, question: str, scene: Scene) -> str | None:
+        """The true answer to ``question`` about ``scene``, for any question of this
+        generator's templates and any scene (also one built by hand, e.g. with an object
+        removed); ``None`` when the question's presupposition fails ("what colour is the
+        circle?" with no circle, or two). Raises ``ValueError`` for another question.
+
+        The probes use it as the ground truth of questions asked about edited scenes
+        (:mod:`flava_zoo.probes.occlusion`) and of entailed sub-questions.
+        """
+        objs = scene.objects
+        q = _VQA_QUESTION.fullmatch(question)
+        if q is None:
+            raise ValueError(f"not a question of the shapes VQA templates: {question!r}")
+        if q["colour_of"]:
+            found = [o for o in objs if o.shape == q["colour_of"]]
+            return found[0].colour if len(found) == 1 else None
+        if q["shape_of"]:
+            found = [o for o in objs if o.colour == q["shape_of"]]
+            return found[0].shape if len(found) == 1 else None
+        if q["size_colour"]:
+            combination = (q["size_colour"], q["size_shape"])
+            found = [o for o in objs if o.combination == combination]
+            return found[0].size if len(found) == 1 else None
+        if q["exists_colour"]:
+            combination = (q["exists_colour"], q["exists_shape"])
+            return "yes" if any(o.combination == combination for o in objs) else "no"
+        if q["count_of"] == "objects":
+            return _NUMBER[len(objs)] if len(objs) < len(_NUMBER) else None
+        shape = _SINGULAR[q["count_of"]]
+        n = sum(o.shape == shape for o in objs)
+        return _NUMBER[n] if n < len(_NUMBER) else None
+
+    def entailed_pairs(self, index: int) -> list[dict[str, Any]]:
+        """Question pairs of scene ``index`` where the main question's true answer implies the
+        sub-question's (SQuINT-style consistency, Selvaraju et al. CVPR 2020), both worded
+        with this generator's own templates and both true of the scene.
+
+        Each pair: ``{"question", "answer", "question_type", "sub_question", "sub_answer",
+        "sub_question_type", "rule", "index"}``. Rules, in this order:
+
+        - ``colour=>exists``: "what colour is the circle?" red => "is there a red circle?" yes
+          (for each object whose shape is unique in the scene);
+        - ``colour=>absent``: the same => "is there a blue circle?" no (another colour, the
+          circle being unique);
+        - ``shape=>exists``: "what shape is the red object?" circle => "is there a red circle?"
+          yes (each object of a unique colour);
+        - ``shape=>absent``: the same => "is there a red square?" no;
+        - ``size=>exists``: "what size is the red circle?" large => "is there a red circle?" yes
+          (each object);
+        - ``count=>absent``: "how many stars are there?" zero => "is there a green star?" no
+          (each shape absent from the scene).
+
+        The other colour or shape of a negative sub-question is drawn (stream
+        ``_ENTAILED_PAIRS`` of the scene's generator) among the seen combinations, so no
+        held-out combination appears in a question the scene does not force.
+        """
+        index = self._check(index)
+        scene = self.world.scene(self.split, index)
+        rng = self.world.rng(self.split, index, _ENTAILED_PAIRS)
+        w = self.world
+        seen = set(w.seen_combinations)
+        objs = scene.objects
+        shapes = [o.shape for o in objs]
+        colours = [o.colour for o in objs]
+        pairs: list[dict[str, Any]] = []
+
+        def add(rule: str, main: tuple[str, str, str], sub: tuple[str, str, str]) -> None:
+            pairs.append({
+                "question": main[0], "answer": main[1], "question_type": main[2],
+                "sub_question": sub[0], "sub_answer": sub[1], "sub_question_type": sub[2],
+                "rule": rule, "index": index,
+            })  # fmt: skip
+
+        def exists(colour: str, shape: str, answer: str) -> tuple[str, str, str]:
+            return (f"is there {_article(f'{colour} {shape}')}?", answer, "exists")
+
+        unique_shape = [o for o in objs if shapes.count(o.shape) == 1]
+        unique_colour = [o for o in objs if colours.count(o.colour) == 1]
+        for o in unique_shape:
+            main = (f"what colour is the {o.shape}?", o.colour, "colour")
+            add("colour=>exists", main, exists(o.colour, o.shape, "yes"))
+        for o in unique_shape:
+            main = (f"what colour is the {o.shape}?", o.colour, "colour")
+            others = [c for c in w.COLOURS if c != o.colour and (c, o.shape) in seen]
+            add("colour=>absent", main, exists(_choice(rng, others), o.shape, "no"))
+        for o in unique_colour:
+            main = (f"what shape is the {o.colour} object?", o.shape, "shape")
+            add("shape=>exists", main, exists(o.colour, o.shape, "yes"))
+        for o in unique_colour:
+            main = (f"what shape is the {o.colour} object?", o.shape, "shape")
+            others = [s for s in w.SHAPES if s != o.shape and (o.colour, s) in seen]
+            add("shape=>absent", main, exists(o.colour, _choice(rng, others), "no"))
+        for o in objs:
+            main = (f"what size is {_ref(o)}?", o.size, "size")
+            add("size=>exists", main, exists(o.colour, o.shape, "yes"))
+        for shape in w.SHAPES:
+            if shape not in shapes:
+                main = (f"how many {_plural(shape)} are there?", _NUMBER[0], "count")
+                colour = _choice(rng, [c for c in w.COLOURS if (c, shape) in seen])
+                add("count=>absent", main, exists(colour, shape, "no"))
+        return pairs
 
 
 class ShapesEntailment(_TaskDataset):
