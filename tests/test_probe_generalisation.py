@@ -19,6 +19,7 @@ from flava_zoo.probes.common import Classifier, ProbeContext, ProbeError, ProbeW
 from flava_zoo.probes.compositional import difference_interval, retrieval_hits, vqa_chance
 from flava_zoo.probes.memorisation import memorisation_measures, memorisation_probe
 from flava_zoo.probes.winoground import read_jsonl, shapes_items, swap, winoground_scores
+from flava_zoo.stats import bootstrap_interval
 
 ONE_THREAD = True
 
@@ -206,6 +207,8 @@ def test_winoground_user_jsonl_and_its_errors(random_export, tmp_path):
     assert {r.split for r in records} == {"examples.jsonl"}
     assert {"all/cosine_group_score", "tag=Object/cosine_text_score", "tag=Relation/cosine_image_score"} <= set(got)
     assert not any("itm" in m for m in got) and got["all/cosine_text_score"].num_samples == 2
+    (figure,) = [json.loads(x) for x in (tmp_path / "out" / "figures.jsonl").read_text().splitlines()]
+    assert figure["figure"] == "scores_examples.jsonl" and (tmp_path / "out" / figure["path"]).is_file()
     for bad, message in [
         ({**rows[0], "caption_1": ""}, "examples.jsonl:2: field 'caption_1' is empty"),
         ({k: v for k, v in rows[0].items() if k != "image_1"}, "examples.jsonl:2: field 'image_1' is missing"),
@@ -272,6 +275,7 @@ def test_memorisation_shows_the_gap_between_near_duplicates_and_novel_scenes(ran
     written = {r.metric: r for r in read_results(tmp_path / "results.jsonl")}
     assert written["gap/top_minus_bottom"].split == "near_vs_novel" and written["chance/accuracy"].value == 25.0
     assert written["spearman_x100"].unit == "1"
+    assert (tmp_path / "figures" / "random" / "memorisation_nn_similarity_near_vs_novel.png").is_file()
 
 
 def test_memorisation_measures_without_a_relation_and_the_cli(random_export, tmp_path):
@@ -281,6 +285,13 @@ def test_memorisation_measures_without_a_relation_and_the_cli(random_export, tmp
     assert m["gap/top_minus_bottom"].interval.low < 0 < m["gap/top_minus_bottom"].interval.high
     assert m["spearman_x100"].interval.low < 0 < m["spearman_x100"].interval.high
     assert "spearman_x100" not in memorisation_measures(sim, np.ones(400), 50.0)  # undefined: every item right
+    from scipy import stats
+
+    x, y = sim[:50], (sim[:50] + rng.random(50) > 1.0).astype(float)
+    vectorised = memorisation_measures(x, y, 50.0)["point_biserial_x100"]
+    reference = bootstrap_interval(np.stack([x, y], 1), lambda r: stats.pearsonr(r[:, 0], r[:, 1]).statistic * 100)
+    assert (vectorised.value, vectorised.interval.low, vectorised.interval.high) == pytest.approx(
+        (reference.estimate, reference.low, reference.high))
     records = run_probe("memorisation", str(random_export), n=24, train_size=40, out=str(tmp_path))
     got = _by_metric(records)
     assert got["chance/accuracy"].value == pytest.approx(100 / 24)

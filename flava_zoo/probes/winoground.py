@@ -37,7 +37,7 @@ file; a name without a suffix, as in the official ``examples.jsonl``, is looked 
 ``images/<name>.png`` beside it) and optionally ``tag``: metrics ``all/...`` and, per tag,
 ``tag=<tag>/...``; the records' split is the file's name. ``--n`` takes the first N lines.
 
-Figure ``scores``: text, image and group scores per kind and scorer, with intervals and
+Figure ``scores`` (``scores_<file name>`` for ``--jsonl``): text, image and group scores per kind and scorer, with intervals and
 the chance levels. Cost: 4 ITM forward passes and 4 embeddings per item.
 """
 
@@ -80,8 +80,8 @@ REQUIRED_FIELDS: tuple[str, ...] = ("id", "caption_0", "caption_1", "image_0", "
 """The fields every line of a ``--jsonl`` file must have (the official Winoground names)."""
 
 DEFAULT_N = 200
-_MARGIN = 0.0
 _SEPARATION = 0.9
+"""Centres at least this share of the two radii apart (the world's own placement rule)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _describe(a: ShapeObject, b: ShapeObject) -> str:
 def _fits(objects: Sequence[ShapeObject], moved: Sequence[int]) -> bool:
     for i in moved:
         o = objects[i]
-        if not (o.radius + _MARGIN <= o.x <= 1 - o.radius - _MARGIN and o.radius + _MARGIN <= o.y <= 1 - o.radius - _MARGIN):
+        if not (o.radius <= o.x <= 1 - o.radius and o.radius <= o.y <= 1 - o.radius):
             return False
         for j, p in enumerate(objects):
             if j != i and j not in moved and (o.x - p.x) ** 2 + (o.y - p.y) ** 2 < (_SEPARATION * (o.radius + p.radius)) ** 2:
@@ -295,7 +295,7 @@ def _measures(per_item: Mapping[str, np.ndarray], prefix: str, seed: int) -> dic
     }
 
 
-def _figure(ctx: ProbeContext, measures: Mapping[str, Measure], groups: Sequence[str], scorers: Sequence[str], title: str) -> None:
+def _figure(ctx: ProbeContext, measures: Mapping[str, Measure], groups: Sequence[str], scorers: Sequence[str], title: str, name: str) -> None:
     plt = pyplot()
     scores = list(CHANCE)
     fig, axes = plt.subplots(1, len(scorers), figsize=(1.5 + 2.2 * len(groups) * len(scorers) / 2, 3.2), squeeze=False)
@@ -315,7 +315,7 @@ def _figure(ctx: ProbeContext, measures: Mapping[str, Measure], groups: Sequence
         ax.set_ylabel("%")
     axes[0][0].legend(fontsize=7)
     ctx.writer.figure(
-        "winoground", "scores", fig,
+        "winoground", name, fig,
         f"Winoground text, image and group scores ({title}) per group and scorer, 95% bootstrap "
         "intervals; dashed: chance (25, 25, 16.7).",
     )  # fmt: skip
@@ -358,5 +358,5 @@ def run(ctx: ProbeContext, args: argparse.Namespace) -> list[Any]:
             group_measures |= _measures({k: v[idx] for k, v in per_item[scorer].items()}, f"{group}/{scorer}", ctx.seed)
         records += ctx.writer.write("winoground", split, group_measures, len(idx), hyper)
         measures |= group_measures
-    _figure(ctx, measures, list(groups), scorers, title)
+    _figure(ctx, measures, list(groups), scorers, title, f"scores_{split}" if jsonl else "scores")
     return records
