@@ -298,7 +298,8 @@ def _vqav2(ctx: ProbeContext, args: argparse.Namespace, n: int) -> tuple[dict[st
                          image_pattern=str(args.image_pattern))  # fmt: skip
     except (TaskDataError, FileNotFoundError, ValueError) as e:
         raise ProbeError(f"--vqav2-questions {questions_json}: {e}") from None
-    # The reader's parsed questions (no image is opened to filter them).
+    # The reader's parsed questions (VQAv2 has no public accessor of them without the image,
+    # and opening every image of a 200k-question file to filter the yes/no ones is slow).
     candidates = [
         (i, q) for i, q in enumerate(data._questions)
         if q.answer_type == "yes/no" and q.answer is not None and normalize_vqa_answer(q.answer) in ("yes", "no")
@@ -309,10 +310,10 @@ def _vqav2(ctx: ProbeContext, args: argparse.Namespace, n: int) -> tuple[dict[st
     readable = [(i, q, neg) for i, q, neg in negated if neg is not None]
     split = Path(questions_json).stem
     negatable = rate(np.asarray([neg is not None for _, _, neg in negated]) * 100.0, ctx.seed, None)
-    records = ctx.writer.write("negation", split, {"question/negatable": negatable}, len(candidates),
-                               {"kind": "vqav2", "rules": [r for r, _ in NEGATION_RULES]})  # fmt: skip
     if not readable:
         raise ProbeError(f"--vqav2-questions {questions_json}: none of its {len(candidates)} yes/no questions is negated by the rules")
+    records = ctx.writer.write("negation", split, {"question/negatable": negatable}, len(candidates),
+                               {"kind": "vqav2", "rules": [r for r, _ in NEGATION_RULES]})  # fmt: skip
     if len(readable) > n:
         keep = sorted(random.Random(f"negation/vqav2/{ctx.seed}").sample(range(len(readable)), n))
         readable = [readable[k] for k in keep]

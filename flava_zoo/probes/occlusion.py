@@ -19,9 +19,10 @@ One target and one distractor per item are drawn at random (``--seed``). Per que
 
     target_changed         = 100 * [answer(target hidden) != answer(scene)]
     distractor_unchanged   = 100 * [answer(distractor hidden) == answer(scene)]
-    evidence               = target_changed - distractor_changed, per item
-                             100 * ([changed | target] - [changed | distractor]) over the items
-                             with both, in percentage points (unit %); chance 0
+    evidence               = mean over the items with both a target and a distractor of
+                             100 * ([changed, target hidden] - [changed, distractor hidden]),
+                             i.e. rate(changed | target) - rate(changed | distractor), in
+                             percentage points (unit %), from -100 to 100; chance 0
     accuracy               = 100 * [answer(scene) == truth]; chance 1 / (answers of the type)
     target_hidden_accuracy = the same on the target-hidden scene, where its truth is defined
                              (exists: now no; count: one fewer); colour, shape and size
