@@ -7,7 +7,9 @@ Pairs come from ShapesVQA.entailed_pairs (both questions in the generator's own 
 both answers true of the scene): colour=>exists, colour=>absent ("... is there a blue
 circle?" no), shape=>exists, shape=>absent, size=>exists, count=>absent ("how many stars are
 there?" zero => "is there a green star?" no). Each test scene gives one pair, drawn at random
-(``--seed``) among its pairs, so the items are independent scenes. Answers are the
+(``--seed``): a rule uniformly among the scene's rules, then one of its pairs (a scene has up
+to five count=>absent pairs, which would otherwise dominate), so the items are independent
+scenes. Answers are the
 classifier's top answer over its whole vocabulary. In percent:
 
     main_accuracy = 100 * [main answer right]
@@ -78,7 +80,9 @@ def run(ctx: ProbeContext, args: argparse.Namespace) -> list[ResultRecord]:
     rng = random.Random(f"subquestions/{ctx.seed}")
     pairs, images = [], []
     for i in range(n):
-        pairs.append(rng.choice(vqa.entailed_pairs(i)))  # every scene has a size=>exists pair
+        found = vqa.entailed_pairs(i)  # never empty: every object gives a size=>exists pair
+        rule = rng.choice([r for r in RULES if any(p["rule"] == r for p in found)])
+        pairs.append(rng.choice([p for p in found if p["rule"] == rule]))
         images.append(ctx.world.image(split, i))
     logits = classify(ctx, clf, images * 2, [p["question"] for p in pairs] + [p["sub_question"] for p in pairs], "subquestions")
     answers = [clf.label_names[k] for k in logits.argmax(-1).tolist()]
