@@ -81,7 +81,7 @@ def test_emap_is_exact_for_an_additive_classifier_and_removes_a_pure_interaction
 
 
 def _text_only_classifier(tokenizer):
-    """flava-tiny (one layer per stack) + a linear head, trained 60 steps on memes-like texts
+    """flava-tiny (one layer per stack, 64 wide) + a linear head, trained 60 steps on memes-like texts
     with label = "the text says 'no'", each training image blanked (half the batch) or an
     unrelated shapes scene (the other half): the image carries nothing about the label."""
     from flava_zoo import create_model
@@ -101,10 +101,11 @@ def _text_only_classifier(tokenizer):
         def __init__(self):
             super().__init__()
             self.backbone = create_model(
-                "flava-tiny", text__vocab_size=tokenizer.vocab_size, image__num_layers=1,
-                text__num_layers=1, multimodal__num_layers=1,
+                "flava-tiny", text__vocab_size=tokenizer.vocab_size, projection_dim=64,
+                **{f"{part}__{key}": value for part in ("image", "text", "multimodal")
+                   for key, value in (("num_layers", 1), ("hidden_size", 64), ("intermediate_size", 128))},
             )  # fmt: skip
-            self.head = ClassificationHead(128, 2, dropout=0.0)
+            self.head = ClassificationHead(64, 2, dropout=0.0)
 
         def forward(self, batch):
             m = self.backbone
@@ -113,7 +114,7 @@ def _text_only_classifier(tokenizer):
 
     net = Net()
     enc = tokenizer(texts, max_length=40)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    opt = torch.optim.AdamW(net.parameters(), 2e-3)
     gen = torch.Generator().manual_seed(0)
     for _ in range(60):
         idx = torch.randint(0, len(texts), (32,), generator=gen)
@@ -196,14 +197,14 @@ def test_a_model_that_learned_the_memes_like_task_scores_clearly_above_its_emap(
     from flava_zoo.transforms import image_transform
 
     world, transform = ShapesWorld(seed=0, image_size=24), image_transform(24)
-    images, texts, labels = _colour_claims(world, "train", 1000, seed=0)
+    images, texts, labels = _colour_claims(world, "train", 600, seed=0)
     pixels = torch.stack([transform(im) for im in images])
     enc, targets = shapes_tokenizer(texts, max_length=40), torch.as_tensor(labels)
     torch.manual_seed(0)
     model = _Bilinear(shapes_tokenizer.vocab_size)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    opt = torch.optim.Adam(model.parameters(), 2e-2)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(250):
+    for _ in range(200):
         idx = torch.randint(0, len(images), (32,), generator=gen)
         batch = {"pixel_values": pixels[idx], "input_ids": enc["input_ids"][idx], "attention_mask": enc["attention_mask"][idx]}
         loss = nn.functional.cross_entropy(model(batch), targets[idx])
@@ -217,8 +218,8 @@ def test_a_model_that_learned_the_memes_like_task_scores_clearly_above_its_emap(
     result = I.measure(clf.logits, images, texts, labels, (I.AUROC,), seed=0, grid=grid)
     auroc, gap = result.scores["auroc"], result.differences["auroc"]["interaction_gap"]
     assert auroc["full"].estimate >= 80.0  # it learned the task
-    assert gap.estimate >= 15.0 and gap.low > 0.0  # and EMAP loses a clear part of it
-    assert result.shares["auroc"].estimate >= 30.0
+    assert gap.estimate >= 20.0 and gap.low > 10.0  # and EMAP loses a clear part of it
+    assert result.shares["auroc"].estimate >= 50.0 and result.shares["auroc"].low > 25.0
     assert auroc["image_shuffle"].estimate < auroc["full"].low and auroc["text_shuffle"].estimate < auroc["full"].low
 
 

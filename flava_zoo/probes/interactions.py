@@ -12,7 +12,8 @@ logit margin, and accuracy; VQA accuracy is exact match of the top answer):
 
       f_hat(i, i) = mean_j f(i, j) + mean_k f(k, i) - mean_{k,j} f(k, j)
 
-  the best additive model ``g(image) + h(text)`` fitted to ``f`` on these items. A model
+  the least-squares projection of ``f``, over all ``N x N`` pairs, onto functions
+  ``g(image) + h(text)``. A model
   whose outputs are a sum of an image term and a text term has ``f_hat == f``: the same
   score. What EMAP loses is what needs the two inputs together;
 * ``image_only/<metric>`` and ``text_only/<metric>``: the two unimodal parts of EMAP alone,
@@ -38,13 +39,13 @@ Chance: the majority label's share of the ``N`` items for accuracy (a constant a
 for AUROC. Intervals: 95% percentile bootstrap over the ``N`` items (1,000 resamples,
 ``--seed``); the items are resampled jointly for every difference and for the share, and the
 chance level is held at its value on all items. The shuffled scores are read off the same
-``N x N`` grid as EMAP.
+``N x N`` grid as EMAP. Labels are matched to the classifier's label set by name.
 
 Cost: ``N^2`` fusion passes (40,000 at ``N = 200``) plus ``2 N`` for the blanked inputs. For a
 fine-tuning checkpoint of ``flava-zoo fit`` (a fusion-encoder classifier) the image and text
 towers run once per item and only the fusion encoder and head run per pair; any other
 classifier runs ``N^2`` full forward passes. Memory: ``N^2 x classes`` logits (VQA's 21
-answers at ``N = 200``: 3.4 MB).
+answers at ``N = 200``: 7 MB in float64).
 """
 
 from __future__ import annotations
@@ -419,20 +420,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every pair through the whole classifier, towers included (N^2 full passes)")  # fmt: skip
 
 
-def _items(ctx: ProbeContext, task: str, split: str, n: int) -> tuple[list[Any], list[str], np.ndarray]:
-    """``n`` items of ``task``'s shapes dataset: PIL images, texts, labels."""
+def _label_names(dataset: Any) -> list[str]:
+    """The names of a shapes task dataset's labels, in label order."""
+    if hasattr(dataset, "answer_vocabulary"):
+        return list(dataset.answer_vocabulary())
+    if hasattr(dataset, "LABELS"):
+        return list(dataset.LABELS)
+    from ..tasks.memes import SHAPES_MEMES_LABELS
+
+    return list(SHAPES_MEMES_LABELS)
+
+
+def _items(ctx: ProbeContext, clf: Classifier, split: str, n: int) -> tuple[list[Any], list[str], np.ndarray]:
+    """``n`` items of the classifier's shapes task: PIL images, texts, and labels as indices
+    of the classifier's own label set (matched by name)."""
     from ..data import shapes
 
-    cls_name, text_key = TASKS[task]
+    cls_name, text_key = TASKS[str(clf.task)]
     dataset = getattr(shapes, cls_name)(ctx.world, split)
     if n > len(dataset):
         raise ProbeError(f"--n {n}: the {split} split has {len(dataset)} items")
+    names = _label_names(dataset)
+    missing = sorted(set(names) - set(clf.label_names))
+    if missing:
+        raise ProbeError(f"--classifier {clf.name} has no label {missing[0]!r} of {clf.task}: another label set")
+    index = {name: clf.label_names.index(name) for name in names}
     images, texts, labels = [], [], []
     for i in range(n):
         item = dataset[i]
         images.append(item["image"])
         texts.append(item[text_key])
-        labels.append(int(item["label"]))
+        labels.append(index[names[int(item["label"])]])
     return images, texts, np.asarray(labels)
 
 
@@ -475,7 +493,7 @@ def run(ctx: ProbeContext, args: argparse.Namespace) -> list[Any]:
         raise ProbeError(f"--classifier {clf.name} reads {clf.inputs} inputs only: interactions needs both")
     split = getattr(args, "split", "test")
     n = ctx.items(DEFAULT_N)
-    images, texts, labels = _items(ctx, task, split, n)
+    images, texts, labels = _items(ctx, clf, split, n)
     cached = not getattr(args, "no_tower_cache", False) and _fused_module(clf) is not None
     if not ctx.quiet:
         how = "fusion + head passes (towers once per item)" if cached else "full forward passes"
