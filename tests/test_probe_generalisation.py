@@ -191,7 +191,7 @@ def _write_items(tmp_path, lines):
     return path
 
 
-def test_winoground_user_jsonl_and_its_errors(random_export, tmp_path):
+def test_winoground_user_jsonl_and_its_errors(random_export, tmp_path, capsys):
     world = ShapesWorld(image_size=64)
     rows = [
         {"id": 0, "caption_0": world.caption("test", 0), "caption_1": world.caption("test", 1),
@@ -219,6 +219,13 @@ def test_winoground_user_jsonl_and_its_errors(random_export, tmp_path):
     ]:
         with pytest.raises(ProbeError, match=message):
             read_jsonl(_write_items(tmp_path, [rows[0], bad]))
+    from flava_zoo.cli import main
+
+    common = ["probe", "winoground", "--model", str(random_export), "--out", str(tmp_path / "cli")]
+    assert main([*common, "--jsonl", str(tmp_path / "nope.jsonl")]) == 1
+    assert "--jsonl " in capsys.readouterr().err
+    assert main([*common, "--kinds", "colour,size"]) == 1
+    assert "--kinds: unknown value 'size'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- memorisation
