@@ -252,3 +252,24 @@ def test_cli_on_a_memes_checkpoint_and_the_tower_cache(memes_checkpoint, random_
     whole = I.classifier_grid(clf, images, texts, batch_size=4, cache_towers=False)
     by_pair = I.logit_grid(clf.logits, images, texts, batch_size=2)
     assert torch.allclose(cached, by_pair, atol=1e-4) and torch.allclose(whole, by_pair, atol=1e-4)
+
+
+def test_clear_errors_for_a_wrong_classifier_and_too_few_items(tmp_path):
+    from flava_zoo.data.shapes import ShapesWorld
+    from flava_zoo.probes.common import ProbeContext, ProbeError, ProbeWriter
+
+    writer = ProbeWriter(tmp_path / "r.jsonl", tmp_path / "figures", "m", "x")
+
+    def ctx(**fields):
+        clf = Classifier(forward=lambda b: torch.zeros(1, 2), tokenizer=None, transform=None, label_names=["a", "b"], **fields)
+        return ProbeContext(model=None, world=ShapesWorld(), writer=writer, classifier=clf, n=4)
+
+    with pytest.raises(ProbeError, match="trained on shapes/vqa or shapes/memes"):
+        I.run(ctx(task="glue/sst2"), None)
+    with pytest.raises(ProbeError, match="reads text inputs only"):
+        I.run(ctx(task="shapes/memes", inputs="text"), None)
+    with pytest.raises(ProbeError, match="has no label 'false'"):
+        I.run(ctx(task="shapes/memes"), None)
+    with pytest.raises(ProbeError, match="at least 2 items"):
+        I.measure(lambda ims, txs: torch.zeros(len(ims), 2), [_solid(1, 0)], ["plus"], [1])
+    assert not (tmp_path / "r.jsonl").exists()
