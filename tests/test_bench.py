@@ -112,9 +112,10 @@ def test_aggregation_keys_latest_record_and_missing_tasks():
     assert "unit 'fraction'" in other.scores[("a", "probe")].note
     assert table.splitlines()[0].startswith("| group | task | metric (%) |")
     rows = list(csv.reader(io.StringIO(to_csv(partial))))
-    assert rows[0] == ["group", "task", "metric", "split", "unit", "a", "b"]
-    assert ["multimodal", "memes", "auroc", "test", "%", "50", ""] in rows
-    assert rows[-1][:2] == ["all", "macro average"] and rows[-1][-1].endswith("*")
+    assert rows[0] == ["group", "task", "metric", "split", "unit", "a", "a_low", "a_high", "a_n",
+                       "b", "b_low", "b_high", "b_n"]  # fmt: skip
+    assert ["multimodal", "memes", "auroc", "test", "%", "50", "", "", "1", "", "", "", ""] in rows
+    assert rows[-1][:2] == ["all", "macro average"] and rows[-1][9].endswith("*")
 
 
 # ------------------------------------------------------------------------------ suites
@@ -238,9 +239,9 @@ def test_tiny_suite_runs_resumes_and_builds(tmp_path, capsys):
     value = next(r.value for r in records if r.model == "random" and r.task == "entailment" and r.metric == "accuracy")
     assert by_task["entailment"][4] == "%"
     assert float(by_task["entailment"][5]) == pytest.approx(value, rel=1e-5)  # records are in percent already
-    retrieval = float(by_task["retrieval"][6])
-    entail = float(by_task["entailment"][6])
-    assert float(by_task["macro average"][6]) == pytest.approx((retrieval + entail) / 2, rel=1e-5)
+    retrieval = float(by_task["retrieval"][9])  # per model: mean, low, high, n
+    entail = float(by_task["entailment"][9])
+    assert float(by_task["macro average"][9]) == pytest.approx((retrieval + entail) / 2, rel=1e-5)
 
     # a second run finds every cell finished and runs nothing
     summary = run_suite(suite)

@@ -91,4 +91,5 @@ def test_tiny_run_writes_the_table_with_random_init_and_chance(export, tmp_path)
     assert row.rstrip().endswith("| 50.0 |")
     assert "average" not in md.split("## Models")[0].split("| group |")[1]  # tasks alone, no averages
     rows = list(csv.reader(io.StringIO(output.paths["csv"].read_text())))
-    assert rows[0][-3:] == ["quickstart", "random_init", "chance"] and len(rows) == 3
+    assert rows[0][5:] == ["quickstart", "quickstart_low", "quickstart_high", "quickstart_n", "random_init",
+                           "random_init_low", "random_init_high", "random_init_n", "chance"] and len(rows) == 3  # fmt: skip

@@ -5,6 +5,10 @@
     flava-zoo bench build shapes                 # Markdown + CSV + PNG from the records
     flava-zoo bench run path/to/suite.yaml --models merged --tasks vqa
     flava-zoo bench run downstream_shapes --source quickstart=runs/qs6   # another export in that column
+    flava-zoo bench run shapes --seeds 0 --jobs 2 # one seed of a seeded suite now, the others later
+
+A seeded suite (``seeds: [0, 1, 2]``) runs every model once per seed; runs resume by default,
+so the table may be assembled from several runs (each record keeps its commit).
 
 A suite is a shipped name (``benchmarks/suites/<name>.yaml``) or a YAML file; see
 :mod:`flava_zoo.bench.suite` for the format.
@@ -36,7 +40,12 @@ def _suite(args: argparse.Namespace) -> Suite:
         changes["models"] = _with_sources(suite, args.source)
     if changes:
         suite = dataclasses.replace(suite, **changes)
-    return suite.select(_names(args.models), _names(args.tasks))
+    seeds = _names(args.seeds)
+    try:
+        picked = [int(s) for s in seeds] if seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    return suite.select(_names(args.models), _names(args.tasks), picked)
 
 
 def _with_sources(suite: Suite, given: list[str]) -> tuple[ModelSpec, ...]:
@@ -73,6 +82,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--out", help="leaderboard path without extension; default: the suite's")
         p.add_argument("--models", help="comma-separated model names (default: all)")
         p.add_argument("--tasks", help="comma-separated task names (default: all)")
+        p.add_argument("--seeds", help="comma-separated seeds among the suite's (default: all of them)")
         p.add_argument("--source", action="append", default=[], metavar="NAME=SOURCE",
                        help="model NAME's weights from SOURCE (an export folder, architecture or zoo tag); "
                             "adds the model when the suite has none of that name; repeatable")  # fmt: skip

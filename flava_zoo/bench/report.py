@@ -11,9 +11,19 @@ from typing import Any
 from .._jsonl import read_jsonl
 from ..evaluation.results import read_results
 from .environment import describe_machine
-from .leaderboard import Leaderboard, aggregate, to_csv, to_markdown_table, write_chart
-from .runner import model_reference, runs_log_path
-from .suite import Suite, cell_key, describe_stage_args
+from .leaderboard import (
+    Leaderboard,
+    aggregate,
+    cost_table,
+    lessons,
+    read_costs,
+    seeds_and_items,
+    to_csv,
+    to_markdown_table,
+    write_chart,
+)
+from .runner import cost_path, model_reference, runs_log_path
+from .suite import Suite, describe_stage_args
 
 __all__ = ["BuildOutput", "build", "read_runs"]
 
@@ -65,13 +75,14 @@ def build(
     records = read_results(suite.results) if suite.results.is_file() else []
     runs = read_runs(suite.results)
     latest = _latest_entries(runs, suite.name)
-    keys = {(m.name, t.name): cell_key(m, t) for m in suite.models for t in suite.tasks}
+    keys = suite.cell_keys()  # (model, task, seed) -> key
     notes = {}
-    for cell, key in keys.items():
+    for (m, t, _), key in keys.items():
         if key in latest and latest[key][1]["status"] != "ok":
             entry = latest[key][1]
-            notes[cell] = entry.get("error") or entry["status"]
-    board = aggregate(records, [m.name for m in suite.models], list(suite.tasks), keys, partial, notes, suite.averages)
+            notes.setdefault((m, t), entry.get("error") or entry["status"])
+    board = aggregate(records, [m.name for m in suite.models], list(suite.tasks), keys, partial, notes, suite.averages,
+                      suite.baseline)  # fmt: skip
     markdown = render(suite, board, runs, latest, keys, command)
     stem = Path(out) if out is not None else suite.leaderboard
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -90,12 +101,12 @@ def render(
     board: Leaderboard,
     runs: list[dict[str, Any]],
     latest: dict[str, tuple[int, dict[str, Any]]],
-    keys: dict[tuple[str, str], str],
+    keys: dict[tuple[str, str, int], str],
     command: str = "",
 ) -> str:
     """The Markdown document: provenance header, the table, models, tasks, missing cells, time."""
     lines = [f"# {suite.title}" if suite.title else f"# Leaderboard: `{suite.name}`", ""]
-    stage_keys = [s.key for m in suite.models if m.pretrain for s in m.pretrain.stages]
+    stage_keys = [s.key for m in suite.seeded_models() if m.pretrain for s in m.pretrain.stages]
     contributing = sorted({latest[k][0] for k in (*keys.values(), *stage_keys)
                            if k in latest and latest[k][1]["status"] == "ok"})  # fmt: skip
     if contributing:
@@ -123,7 +134,7 @@ def render(
                  + (f"; built with `{command}`" if command else ""))  # fmt: skip
     if suite.description:
         lines += ["", suite.description]
-    lines += ["", to_markdown_table(board), ""]
+    lines += ["", to_markdown_table(board), "", *seeds_and_items(board), ""]
     if not suite.averages:
         lines.append(
             "Each task shows its headline metric in percent, the unit of every record. "
@@ -160,22 +171,29 @@ def render(
     if missing:
         lines += ["", "## Cells without a number", ""]
         lines += [f"- `{m}` x `{t}`: {note}" for m, t, note in missing]
+    costs = cost_table(suite, read_costs(cost_path(suite.results)))
+    if costs:
+        lines += ["", "## Cost", "", *costs]
     timing = _timing(suite, latest, keys)
     if timing:
-        lines += ["", "## Time per job (seconds, wall / CPU)", "", *timing]
+        lines += ["", "## Time per job (seconds, wall / CPU)" + (f", seed {suite.seeds[0]}" if suite.seeded else ""),
+                  "", *timing]  # fmt: skip
+    lines += ["", "## Design lessons", "", *lessons(board)]
     return "\n".join(lines) + "\n"
 
 
-def _timing(suite: Suite, latest: dict[str, tuple[int, dict[str, Any]]], keys: dict[tuple[str, str], str]) -> list[str]:
+def _timing(suite: Suite, latest: dict[str, tuple[int, dict[str, Any]]], keys: dict[tuple[str, str, int], str]) -> list[str]:
     rows = []
     stage_users: dict[str, list[str]] = {}
-    for m in suite.models:
+    first = suite.seeds[0]
+    models = [m.with_seed(first if suite.seeded else None) for m in suite.models]
+    for m in models:
         for s in m.pretrain.stages if m.pretrain else ():
             stage_users.setdefault(s.key, []).append(m.name)
     header = "| model | pretraining | " + " | ".join(t.name for t in suite.tasks) + " |"
     rows += [header, "|---|---:|" + "---:|" * len(suite.tasks)]
     any_time = False
-    for m in suite.models:
+    for m in models:
         parts = []
         for s in m.pretrain.stages if m.pretrain else ():
             if s.key in latest:
@@ -185,7 +203,7 @@ def _timing(suite: Suite, latest: dict[str, tuple[int, dict[str, Any]]], keys: d
                 any_time = True
         cells = []
         for t in suite.tasks:
-            k = keys[(m.name, t.name)]
+            k = keys[(m.name, t.name, first)]
             if k in latest and "wall_s" in latest[k][1]:
                 e = latest[k][1]
                 cells.append(f"{e['wall_s']:.0f}/{e['cpu_s']:.0f}")

@@ -14,6 +14,24 @@ there in ``log.txt``. A cell's records are copied into the suite's results file 
 suite's model and task names and the cell's key as ``config_hash``; a cell with records for
 its key (and headline metric) is finished and skipped by later runs.
 
+Seeds (``seeds:`` in the suite): every stage and cell runs once per seed with
+``--seed_everything=<seed>``, in ``<work_dir>/pretrain/seed<k>/...`` and
+``<work_dir>/cells/<model>/seed<k>/<task>``; the seed is in every key (so resuming skips the
+(model, seed, task) cells already recorded) and in each adopted record's ``lineage["seed"]``.
+A probe task (``probe:``) runs :func:`flava_zoo.probes.run_probe` on the model's export (its
+``classifier_task``'s fine-tuned ``last.ckpt``, same model and seed, as the classifier) after
+that cell, writing into its cell folder; its records are adopted like a recipe's.
+
+Cost: each pretraining stage and each cell appends a line to ``<results>.cost.jsonl``
+(:func:`cost_path`): its key, kind, seed, wall time, samples seen (steps x batch size, for a
+stage) and samples/s, the model's parameter count (``model.parameters()`` of the export or
+architecture; ``null`` for a zoo tag, which is not loaded) and the job's peak memory: on a GPU
+``torch.cuda.max_memory_allocated`` (reset at the job's start), on a CPU the resident set's
+high-water mark ``VmHWM`` of the process running it, reset through ``/proc/self/clear_refs``
+at the job's start (where Linux refuses the reset, ``resource.getrusage`` ``ru_maxrss``, the
+process's peak so far); the line says which, and the commit it ran at. The leaderboard's cost
+columns are read from it (:func:`flava_zoo.bench.leaderboard.model_costs`).
+
 Jobs run one at a time in this process, or in ``jobs`` worker processes (each with
 ``threads`` torch threads): on two cores two single-threaded workers beat one two-threaded
 process on these small models. Every run appends a line to ``<results>.runs.jsonl``: the
@@ -42,9 +60,18 @@ from typing import Any
 
 from ..evaluation.results import ResultRecord, append_results, read_results
 from .environment import git_state, machine
-from .suite import ModelSpec, StageSpec, Suite, TaskSpec, cell_key, recipe_value
+from .suite import ModelSpec, StageSpec, Suite, TaskSpec, recipe_value, seed_folder
 
-__all__ = ["Job", "RunSummary", "plan", "run_suite", "runs_log_path"]
+__all__ = ["Job", "RunSummary", "cost_path", "plan", "run_suite", "runs_log_path"]
+
+PROBE_RESULTS = "results.jsonl"
+"""The file a probe cell's records go to, in its folder (``run_probe(out=folder)``)."""
+
+
+def cost_path(results: str | Path) -> Path:
+    """Where the cost lines of a results file live: ``<results stem>.cost.jsonl``."""
+    results = Path(results)
+    return results.with_name(results.name.removesuffix(".jsonl") + ".cost.jsonl")
 
 
 def runs_log_path(results: str | Path) -> Path:
@@ -66,10 +93,19 @@ class Job:
     model: str | None = None
     tasks: list[str] = dataclasses.field(default_factory=list)
     stage: str | None = None
+    seed: int | None = None
+    probe: dict[str, Any] | None = None
+    """A probe cell's ``run_probe`` call: ``name`` and keyword arguments."""
+    samples: int | None = None
+    """Training samples a stage sees (steps x batch size): its samples/s."""
+    reference: str | None = None
+    """The model the job trains or evaluates (what its parameters are counted on)."""
 
     def payload(self, threads: int, verbose: bool) -> dict[str, Any]:
+        """What :func:`execute` needs (plain data: it crosses to worker processes)."""
         return {"commands": self.commands, "folder": str(self.folder), "threads": threads,
-                "verbose": verbose, "marker": self.kind == "stage"}  # fmt: skip
+                "verbose": verbose, "marker": self.kind == "stage", "probe": self.probe,
+                "reference": self.reference}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -77,9 +113,9 @@ class Plan:
     """What a run will do: jobs in start order, and the cells it will not run."""
 
     jobs: list[Job]
-    done: list[tuple[str, str]]
-    skipped: dict[tuple[str, str], str]
-    keys: dict[tuple[str, str], str]
+    done: list[tuple[str, str, int]]
+    skipped: dict[tuple[str, str, int], str]
+    keys: dict[tuple[str, str, int], str]
 
 
 @dataclasses.dataclass
@@ -130,7 +166,12 @@ class _RunLog:
 
 # ------------------------------------------------------------------------------ planning
 def stage_folder(suite: Suite, stage: StageSpec) -> Path:
-    return suite.work_dir / "pretrain" / f"{stage.stage}-{stage.key}"
+    """``<work_dir>/pretrain[/seed<k>]/<stage>-<key>``."""
+    return suite.work_dir / "pretrain" / seed_folder(stage.seed) / f"{stage.stage}-{stage.key}"
+
+
+def _seed_args(seed: int | None) -> list[str]:
+    return [] if seed is None else [f"--seed_everything={seed}"]
 
 
 def stage_done(suite: Suite, stage: StageSpec) -> bool:
@@ -153,7 +194,7 @@ def stage_commands(suite: Suite, stage: StageSpec) -> list[list[str]]:
     folder = stage_folder(suite, stage).resolve()
     text = stage.recipe_text
     args = [
-        "fit", "--config", str(stage.recipe),
+        "fit", "--config", str(stage.recipe), *_seed_args(stage.seed),
         f"--trainer.default_root_dir={folder}",
         f"--trainer.max_steps={stage.steps}",
         "--trainer.limit_val_batches=0",
@@ -181,7 +222,28 @@ def stage_commands(suite: Suite, stage: StageSpec) -> list[list[str]]:
 
 
 def cell_folder(suite: Suite, model: ModelSpec, task: TaskSpec) -> Path:
-    return suite.work_dir / "cells" / model.name / task.name
+    """``<work_dir>/cells/<model>[/seed<k>]/<task>``."""
+    return suite.work_dir / "cells" / model.name / seed_folder(model.seed) / task.name
+
+
+def classifier_checkpoint(suite: Suite, model: ModelSpec, task: TaskSpec) -> Path:
+    """The fine-tuned ``last.ckpt`` a probe task's classifier comes from: in the folder of
+    the first suite task run by the same job as its ``classifier_task``."""
+    assert task.classifier_task is not None
+    source = suite.task(task.classifier_task)
+    first = next(t for t in suite.tasks if t.probe is None and t.key == source.key)
+    return (cell_folder(suite, model, first) / "checkpoints" / "last.ckpt").resolve()
+
+
+def probe_call(suite: Suite, model: ModelSpec, task: TaskSpec) -> dict[str, Any]:
+    """The ``run_probe`` call of a probe cell: the model's export, the classifier, the
+    suite's model name as the label, the cell folder as ``out``, the seed (0 unseeded)."""
+    assert task.probe is not None
+    options: dict[str, Any] = {**task.probe_options, "label": model.name,
+                               "out": str(cell_folder(suite, model, task).resolve()), "seed": model.seed or 0}  # fmt: skip
+    if task.classifier_task is not None:
+        options["classifier"] = str(classifier_checkpoint(suite, model, task))
+    return {"name": task.probe, "model": model_reference(suite, model), "options": options}
 
 
 def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[str]]:
@@ -189,7 +251,7 @@ def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[s
     assert task.recipe is not None
     folder = cell_folder(suite, model, task).resolve()
     common = [
-        "--config", str(task.recipe),
+        "--config", str(task.recipe), *_seed_args(model.seed),
         f"--model.init_args.model={model_reference(suite, model)}",
         f"--model.init_args.results={folder / 'records.jsonl'}",
         f"--trainer.default_root_dir={folder}",
@@ -225,7 +287,8 @@ def _single_checkpoint_callback(recipe_text: str) -> bool:
 
 
 def done_cells(suite: Suite) -> set[tuple[str, str, str]]:
-    """``(model, task, key)`` of the cells whose headline record is in the results file."""
+    """``(model, task, key)`` of the cells whose headline record is in the results file (the
+    key holds the seed: each (model, seed, task) is found again on its own)."""
     if not suite.results.is_file():
         return set()
     headline = {t.name: (t.split, t.metric) for t in suite.tasks}
@@ -237,27 +300,31 @@ def done_cells(suite: Suite) -> set[tuple[str, str, str]]:
 
 
 def plan(suite: Suite) -> Plan:
-    """The jobs still to run: unfinished cells whose data is on disk, and the pretraining
-    stages they need that have not finished. Stages come first, then cells model by model."""
+    """The jobs still to run: unfinished cells (per model and seed) whose data is on disk, and
+    the pretraining stages they need that have not finished. Stages come first, then cells
+    model by model, seed by seed; a probe cell after the cell whose classifier it queries."""
     done = done_cells(suite)
-    keys = {(m.name, t.name): cell_key(m, t) for m in suite.models for t in suite.tasks}
+    keys = suite.cell_keys()
     stage_jobs: dict[str, Job] = {}
-    cell_jobs: dict[tuple[str, str], Job] = {}
-    finished: list[tuple[str, str]] = []
-    skipped: dict[tuple[str, str], str] = {}
-    for model in suite.models:
-        for task in suite.tasks:
-            key = keys[(model.name, task.name)]
+    cell_jobs: dict[tuple[str, int | None, str], Job] = {}
+    finished: list[tuple[str, str, int]] = []
+    skipped: dict[tuple[str, str, int], str] = {}
+    ordered = [t for t in suite.tasks if t.probe is None] + [t for t in suite.tasks if t.probe is not None]
+    for model in suite.seeded_models():
+        seed = model.seed or 0
+        for task in ordered:
+            key = keys[(model.name, task.name, seed)]
+            cell = (model.name, task.name, seed)
             if (model.name, task.name, key) in done:
-                finished.append((model.name, task.name))
+                finished.append(cell)
                 continue
             missing = task.missing_data()
             if missing:
-                skipped[(model.name, task.name)] = f"data not on disk: {missing[0]}"
+                skipped[cell] = f"data not on disk: {missing[0]}"
                 continue
             missing = model.missing_data()
             if missing:
-                skipped[(model.name, task.name)] = f"model not on disk: {missing[0]}"
+                skipped[cell] = f"model not on disk: {missing[0]}"
                 continue
             deps = []
             if model.pretrain is not None:
@@ -267,23 +334,56 @@ def plan(suite: Suite) -> Plan:
                             kind="stage", key=stage.key, label=f"pretrain {model.name}: {stage.label}",
                             folder=stage_folder(suite, stage), commands=stage_commands(suite, stage),
                             deps=[stage.previous.key] if stage.previous is not None else [],
-                            model=model.name, stage=stage.stage,
+                            model=model.name, stage=stage.stage, seed=model.seed,
+                            samples=stage.steps * stage.batch_size,
+                            reference=str((stage_folder(suite, stage) / "export").resolve()),
                         )  # fmt: skip
                     if stage.key in stage_jobs:
                         deps = [stage.key]
-            same = cell_jobs.get((model.name, task.key))
+            if task.probe is not None:
+                job = _probe_job(suite, model, task, key, deps, cell_jobs, skipped)
+                if job is not None:
+                    cell_jobs[(model.name, model.seed, task.key)] = job
+                continue
+            same = cell_jobs.get((model.name, model.seed, task.key))
             if same is not None:  # another task with the same recipe and overrides: one run
                 same.tasks.append(task.name)
                 same.label += f" + {task.name}"
                 continue
-            cell_jobs[(model.name, task.key)] = Job(
-                kind="cell", key=key, label=f"{model.name} x {task.name}", folder=cell_folder(suite, model, task),
-                commands=cell_commands(suite, model, task), deps=deps, model=model.name, tasks=[task.name],
+            seed_label = "" if model.seed is None else f" (seed {model.seed})"
+            cell_jobs[(model.name, model.seed, task.key)] = Job(
+                kind="cell", key=key, label=f"{model.name} x {task.name}{seed_label}",
+                folder=cell_folder(suite, model, task), commands=cell_commands(suite, model, task), deps=deps,
+                model=model.name, tasks=[task.name], seed=model.seed, reference=model_reference(suite, model),
             )  # fmt: skip
     stages = list(stage_jobs.values())
     for job in stages:
         job.deps = [d for d in job.deps if d in stage_jobs]
     return Plan(stages + list(cell_jobs.values()), finished, skipped, keys)
+
+
+def _probe_job(suite: Suite, model: ModelSpec, task: TaskSpec, key: str, deps: list[str],
+               cell_jobs: dict[tuple[str, int | None, str], Job],
+               skipped: dict[tuple[str, str, int], str]) -> Job | None:  # fmt: skip
+    """A probe cell's job, after its classifier's cell when that runs too; ``None`` (and a
+    reason in ``skipped``) when its classifier is neither to run nor on disk."""
+    deps = list(deps)
+    if task.classifier_task is not None:
+        source = suite.task(task.classifier_task)
+        clf_job = cell_jobs.get((model.name, model.seed, source.key))
+        if clf_job is not None:
+            deps.append(clf_job.key)
+        elif not classifier_checkpoint(suite, model, task).is_file():
+            skipped[(model.name, task.name, model.seed or 0)] = (
+                f"classifier not on disk: {classifier_checkpoint(suite, model, task)} (its {source.name} cell is "
+                "recorded but its folder is gone; remove its records to rerun it)"
+            )
+            return None
+    seed_label = "" if model.seed is None else f" (seed {model.seed})"
+    return Job(kind="cell", key=key, label=f"{model.name} x {task.name}{seed_label}",
+               folder=cell_folder(suite, model, task), commands=[], deps=deps, model=model.name,
+               tasks=[task.name], seed=model.seed, probe=probe_call(suite, model, task),
+               reference=model_reference(suite, model))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- execution
@@ -332,6 +432,7 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     log_path = folder / "log.txt"
     threads = torch.get_num_threads()
     torch.set_num_threads(int(payload["threads"]))
+    memory = _PeakMemory()
     start, cpu = time.perf_counter(), time.process_time()
     error = ""
     argv: list[str] = []
@@ -348,6 +449,12 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
                 if code:
                     error = f"flava-zoo {argv[0]} exited with status {code}"
                     break
+            probe = payload.get("probe")
+            if probe:
+                from ..probes import run_probe
+
+                print(f"+ run_probe({probe['name']!r}, model={probe['model']!r}, **{probe['options']!r})", flush=True)
+                run_probe(probe["name"], model=probe["model"], quiet=True, **probe["options"])
         except KeyboardInterrupt:
             raise
         except SystemExit as e:
@@ -364,10 +471,64 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
             error += f": {last[-1].strip()}"
     if not error and payload["marker"] and not (folder / "export" / "config.json").is_file():
         error = "the stage ended without exporting its weights (stopped by a signal?)"
+    wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    peak = memory.peak()
     if not error and payload["marker"]:
         (folder / "done.json").write_text(json.dumps({"finished": _now(), "commands": payload["commands"]}, indent=1))
-    return {"ok": not error, "error": error[:500], "wall_s": time.perf_counter() - start,
-            "cpu_s": time.process_time() - cpu}  # fmt: skip
+    parameters = count_parameters(payload.get("reference")) if not error else None
+    return {"ok": not error, "error": error[:500], "wall_s": wall, "cpu_s": cpu_s, "parameters": parameters,
+            **peak}  # fmt: skip
+
+
+class _PeakMemory:
+    """A job's peak memory: ``torch.cuda.max_memory_allocated`` on a GPU (reset here), else
+    the process's resident high-water mark ``VmHWM`` (reset here through
+    ``/proc/self/clear_refs``; where that is refused, ``resource.getrusage``'s ``ru_maxrss``,
+    the process's peak so far)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.reset = False
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+            self.reset = True
+
+    def peak(self) -> dict[str, Any]:
+        """``peak_memory_mib`` and ``memory`` (how it was measured)."""
+        import resource
+
+        import torch
+
+        if self.cuda:
+            return {"peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                    "memory": "torch.cuda.max_memory_allocated"}  # fmt: skip
+        if self.reset:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                text = Path("/proc/self/status").read_text()
+                kib = int(text.split("VmHWM:", 1)[1].split()[0])
+                return {"peak_memory_mib": round(kib / 1024, 1), "memory": "peak RSS (VmHWM, reset at the job's start)"}
+        return {"peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "memory": "peak RSS of the process so far (getrusage ru_maxrss)"}  # fmt: skip
+
+
+def count_parameters(reference: str | None) -> int | None:
+    """The parameter count (``model.parameters()``, shared tensors once) of an export folder
+    or a registered architecture; ``None`` for anything else (a zoo tag is not loaded here)."""
+    if not reference:
+        return None
+    from ..factory import create_model, resolve_model
+
+    try:
+        if resolve_model(reference).kind not in ("export", "architecture"):
+            return None
+        return sum(p.numel() for p in create_model(reference).parameters())
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _now() -> str:
@@ -444,15 +605,16 @@ def run_suite(
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
     n_stages = sum(j.kind == "stage" for j in work.jobs)
     n_cells = len(work.jobs) - n_stages
-    print(f"[bench] suite {suite.name}: {len(suite.models)} models x {len(suite.tasks)} tasks; "
+    seeds = f" x {len(suite.seeds)} seeds" if suite.seeded else ""
+    print(f"[bench] suite {suite.name}: {len(suite.models)} models x {len(suite.tasks)} tasks{seeds}; "
           f"{len(work.done)} cells finished earlier, {len(work.skipped)} without their data or model on disk, "
           f"to run: {n_stages} pretraining stages and {n_cells} cell runs "
           f"({jobs} job{'s' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''})", file=out, flush=True)  # fmt: skip
-    for (m, t), why in work.skipped.items():
-        print(f"[bench] skip {m} x {t}: {why}", file=out)
+    for (m, t, seed), why in work.skipped.items():
+        print(f"[bench] skip {m} x {t}{f' (seed {seed})' if suite.seeded else ''}: {why}", file=out)
     summary = RunSummary(skipped_done=len(work.done), skipped_data=len(work.skipped))
-    summary.entries += [{"kind": "cell", "model": m, "task": t, "key": work.keys[(m, t)], "status": "skipped",
-                         "error": why} for (m, t), why in work.skipped.items()]  # fmt: skip
+    summary.entries += [{"kind": "cell", "model": m, "task": t, "seed": seed, "key": work.keys[(m, t, seed)],
+                         "status": "skipped", "error": why} for (m, t, seed), why in work.skipped.items()]  # fmt: skip
     if dry_run:
         for job in work.jobs:
             print(f"[bench] would run {job.label}:", file=out)
@@ -552,24 +714,43 @@ def _finish(suite: Suite, job: Job, result: dict[str, Any], status: dict[str, st
     entry = {"kind": job.kind, "model": job.model, "key": job.key, "status": status[job.key],
              "wall_s": round(result["wall_s"], 1), "cpu_s": round(result["cpu_s"], 1), "error": result["error"]}  # fmt: skip
     entry.update({"tasks": job.tasks} if job.kind == "cell" else {"stage": job.stage})
+    if job.seed is not None:
+        entry["seed"] = job.seed
     summary.entries.append(entry)
+    if result["ok"]:
+        _record_cost(suite, job, result, summary.log.header.get("commit") if summary.log is not None else None)
     if summary.log is not None:
         summary.log.update(summary)
     progress.ended(job, result, detail)
 
 
+def _record_cost(suite: Suite, job: Job, result: dict[str, Any], commit: str | None) -> None:
+    """Append the job's cost line to :func:`cost_path` (see the module docstring)."""
+    wall = float(result["wall_s"])
+    line = {"suite": suite.name, "kind": job.kind, "key": job.key, "model": job.model, "seed": job.seed,
+            "stage": job.stage, "tasks": job.tasks, "wall_s": round(wall, 3), "samples": job.samples,
+            "samples_per_s": round(job.samples / wall, 3) if job.samples and wall > 0 else None,
+            "parameters": result.get("parameters"), "peak_memory_mib": result.get("peak_memory_mib"),
+            "memory": result.get("memory"), "commit": commit,
+            "timestamp": _now()}  # fmt: skip
+    path = cost_path(suite.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def _adopt(suite: Suite, job: Job) -> str:
     """Copy a cell's records into the results file under the suite's names and the cell key,
-    once per task the cell stands for."""
+    once per task the cell stands for, with the seed in each record's ``lineage["seed"]``."""
     assert job.model is not None and job.tasks
-    path = job.folder / "records.jsonl"
+    path = job.folder / (PROBE_RESULTS if job.probe else "records.jsonl")
     if not path.is_file():
         raise ValueError(f"{job.label}: the cell wrote no results records ({path})")
     raw = read_results(path)
     shown = []
     for name in job.tasks:
         task = suite.task(name)
-        records = adopted(raw, job.model, name, job.key)
+        records = adopted(raw, job.model, name, job.key, job.seed)
         append_results(suite.results, records)
         headline = [r for r in records if (r.split, r.metric) == (task.split, task.metric)]
         if not headline:
@@ -580,6 +761,10 @@ def _adopt(suite: Suite, job: Job) -> str:
     return ": " + ", ".join(shown)
 
 
-def adopted(records: Sequence[ResultRecord], model: str, task: str, key: str) -> list[ResultRecord]:
-    """``records`` renamed to a suite's model and task, with the cell's key."""
-    return [dataclasses.replace(r, model=model, task=task, config_hash=key) for r in records]
+def adopted(records: Sequence[ResultRecord], model: str, task: str, key: str,
+            seed: int | None = None) -> list[ResultRecord]:  # fmt: skip
+    """``records`` renamed to a suite's model and task, with the cell's key (and the seed in
+    ``lineage["seed"]``, when seeded)."""
+    extra = {} if seed is None else {"seed": seed}
+    return [dataclasses.replace(r, model=model, task=task, config_hash=key, lineage={**r.lineage, **extra})
+            for r in records]  # fmt: skip

@@ -12,9 +12,27 @@ Every cell and every pretraining stage has a *key*: the hash of everything that 
 its outcome (the recipe's text included). Finished work is found again by key, so a suite
 resumes where it stopped and an edited spec reruns exactly what it changes.
 
+Seeds (``seeds: [0, 1, 2]``, default ``[0]``): every pretraining stage and every cell of a
+model runs once per seed, with ``--seed_everything=<seed>`` (weight initialisation, data
+order, masking, dropout and every other draw of torch/numpy/random in the run, and the
+shapes loaders' sample draws, which follow Lightning's global seed). The shapes *world*
+(its scenes, test split and held-out combinations: ``--data.init_args.seed``) is not
+changed by the seed, so every seed is scored on the same test items. A suite without
+``seeds`` runs as before: no ``--seed_everything`` added, the recipes' own seed, the same keys
+and folders. ``baseline``: the model every other is tested against, per task (Welch's t-test
+over seeds, :mod:`flava_zoo.bench.leaderboard`).
+
+A task can also be a *probe* (``probe: interactions``, :mod:`flava_zoo.probes`) run on the
+model after its pretraining; ``classifier_task`` names the suite task whose fine-tuned
+checkpoint (same model, same seed) the probe queries, ``metric`` and ``split`` the record the
+leaderboard shows, ``options`` the probe's own options. Probe tasks are the leaderboard's
+insight rows: they are not part of any average.
+
 An example (``benchmarks/suites/shapes.yaml`` is the full one)::
 
     name: shapes
+    seeds: [0, 1, 2]
+    baseline: merged
     overrides: [--trainer.limit_val_batches=0]       # every task cell, before its own
     models:
       - name: merged
@@ -62,6 +80,7 @@ __all__ = [
     "TaskSpec",
     "cell_key",
     "find_suite",
+    "seed_folder",
     "load_suite",
 ]
 
@@ -73,6 +92,8 @@ TEST_ONLY_MODULES = ("LinearProbe", "ZeroShotClassifier")
 """Downstream modules that fit nothing by gradient and run with ``flava-zoo test`` alone."""
 FUSION_ONLY_KEYS = ("fusion", "multimodal")
 """Config overrides that only change the fusion encoder: the unimodal stages ignore them."""
+PROBE_GROUP = "probes"
+"""The group of probe tasks: shown after the averages, part of none."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 """What a suite, model or task name may be."""
 
@@ -97,12 +118,16 @@ class StageSpec:
     loss_weights: dict[str, float] | None
     args: tuple[str, ...]
     previous: StageSpec | None
+    seed: int | None = None
+    """The run's seed (``--seed_everything``); ``None`` in a suite without ``seeds``."""
 
     @property
     def key(self) -> str:
-        """Hash of the stage and of every stage before it."""
+        """Hash of the stage and of every stage before it (and of the seed, when seeded)."""
+        seeded = {} if self.seed is None else {"seed": self.seed}
         return config_hash(
             {
+                **seeded,
                 "stage": self.stage,
                 "recipe": _digest(self.recipe_text),
                 "steps": self.steps,
@@ -116,7 +141,14 @@ class StageSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.stage} stage ({self.steps} steps of batch {self.batch_size})"
+        """How the stage is named in progress lines."""
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        return f"{self.stage} stage ({self.steps} steps of batch {self.batch_size}{seed})"
+
+    def with_seed(self, seed: int | None) -> StageSpec:
+        """This stage and the stages before it, run with ``seed``."""
+        previous = self.previous.with_seed(seed) if self.previous is not None else None
+        return dataclasses.replace(self, seed=seed, previous=previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +159,18 @@ class PretrainSpec:
 
     @property
     def final(self) -> StageSpec:
+        """The last stage: its export is the model."""
         return self.stages[-1]
+
+    def with_seed(self, seed: int | None) -> PretrainSpec:
+        """Every stage run with ``seed``."""
+        final = self.stages[-1].with_seed(seed)
+        chain: list[StageSpec] = []
+        node: StageSpec | None = final
+        while node is not None:
+            chain.insert(0, node)
+            node = node.previous
+        return PretrainSpec(tuple(chain))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +185,13 @@ class ModelSpec:
     requires: tuple[Path, ...] = ()
     """Paths that must exist for the model's cells to run (an export made elsewhere, e.g. by
     ``flava-zoo quickstart``); its cells are skipped, not failed, while one is missing."""
+    seed: int | None = None
+    """The seed this instance runs with (:meth:`with_seed`); ``None``: the suite has no seeds."""
+
+    def with_seed(self, seed: int | None) -> ModelSpec:
+        """The model as run with ``seed`` (its pretraining stages keyed by it)."""
+        pretrain = self.pretrain.with_seed(seed) if self.pretrain is not None else None
+        return dataclasses.replace(self, seed=seed, pretrain=pretrain)
 
     def missing_data(self) -> list[Path]:
         """The required paths that do not exist."""
@@ -149,9 +199,12 @@ class ModelSpec:
 
     @property
     def key(self) -> str:
+        """Hash of what makes the model: its final stage's key, or its source and overrides
+        (and its seed, when seeded)."""
         if self.pretrain is not None:
             return config_hash({"pretrain": self.pretrain.final.key})
-        return config_hash({"source": self.source, "overrides": self.overrides})
+        seeded = {} if self.seed is None else {"seed": self.seed}
+        return config_hash({"source": self.source, "overrides": self.overrides, **seeded})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +231,20 @@ class TaskSpec:
     description: str = ""
     requires: tuple[Path, ...] = ()
     chance: float | None = None
+    probe: str | None = None
+    """A probe of :mod:`flava_zoo.probes` run on the model instead of a recipe."""
+    classifier_task: str | None = None
+    """The suite task whose fine-tuned checkpoint the probe queries (same model and seed)."""
+    probe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The probe's options (``run_probe``'s keyword arguments: ``n``, ``methods``, ...)."""
 
     @property
     def key(self) -> str:
+        """Hash of the recipe's text, the mode and the overrides (a probe: its name, options
+        and classifier task)."""
+        if self.probe is not None:
+            return config_hash({"probe": self.probe, "options": self.probe_options,
+                                "classifier_task": self.classifier_task})  # fmt: skip
         return config_hash(
             {
                 "recipe": _digest(self.recipe_text),
@@ -210,6 +274,20 @@ class Suite:
     """Whether the leaderboard shows group and macro averages (FLAVA's Table 4) or the tasks alone."""
     title: str = ""
     """The leaderboard's heading (default ``Leaderboard: `<name>```)."""
+    seeds: tuple[int, ...] = (0,)
+    """The seeds every model runs with (one pretraining and one run of each cell per seed)."""
+    seeded: bool = False
+    """Whether the suite lists ``seeds`` (else: no ``--seed_everything``, keys as before)."""
+    baseline: str | None = None
+    """The model every other is compared with, per task (Welch's t-test over seeds)."""
+
+    def seeded_models(self) -> list[ModelSpec]:
+        """Every (model, seed) instance, model by model: :meth:`ModelSpec.with_seed`."""
+        return [m.with_seed(s if self.seeded else None) for m in self.models for s in self.seeds]
+
+    def cell_keys(self) -> dict[tuple[str, str, int], str]:
+        """``(model, task, seed) -> key`` of every cell (seed 0 in a suite without seeds)."""
+        return {(m.name, t.name, m.seed or 0): cell_key(m, t) for m in self.seeded_models() for t in self.tasks}
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -225,20 +303,35 @@ class Suite:
 
     @property
     def groups(self) -> list[str]:
-        """The groups that have tasks, in Table 4 order."""
+        """The groups that have tasks, in Table 4 order (probe tasks are in none of them)."""
         present = {t.group for t in self.tasks}
         return [g for g in GROUPS if g in present]
 
-    def select(self, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> Suite:
-        """The suite restricted to some models and tasks (unknown names raise ``KeyError``)."""
+    def select(self, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None) -> Suite:  # fmt: skip
+        """The suite restricted to some models, tasks and seeds (unknown names or seeds raise
+        ``KeyError``). A probe task keeps the task its classifier comes from."""
         ms = tuple(self.model(n) for n in models) if models else self.models
         ts = tuple(self.task(n) for n in tasks) if tasks else self.tasks
-        return dataclasses.replace(self, models=ms, tasks=ts)
+        needed = {t.classifier_task for t in ts if t.classifier_task} - {t.name for t in ts}
+        ts += tuple(t for t in self.tasks if t.name in needed)
+        ss = tuple(seeds) if seeds else self.seeds
+        unknown = [s for s in ss if s not in self.seeds]
+        if unknown:
+            raise KeyError(f"suite {self.name!r} has no seed {unknown[0]}; it has {list(self.seeds)}")
+        return dataclasses.replace(self, models=ms, tasks=ts, seeds=ss)
 
 
 def cell_key(model: ModelSpec, task: TaskSpec) -> str:
-    """The config hash of one cell: its model's and its task's keys."""
-    return config_hash({"model": model.key, "task": task.key})
+    """The config hash of one cell: its model's and its task's keys (and the model's seed,
+    when seeded: the fine-tuning seed)."""
+    seeded = {} if model.seed is None else {"seed": model.seed}
+    return config_hash({"model": model.key, "task": task.key, **seeded})
+
+
+def seed_folder(seed: int | None) -> str:
+    """The work-dir level of a seed: ``seed<k>``, or ``""`` in a suite without seeds."""
+    return "" if seed is None else f"seed{seed}"
 
 
 def _digest(text: str) -> str:
@@ -276,7 +369,7 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     r = _Reader(where)
     top = r.mapping(raw, "(top level)")
     r.only(top, "(top level)", {"name", "description", "data_root", "results", "leaderboard", "work_dir",
-                                "overrides", "models", "tasks", "averages", "title"})  # fmt: skip
+                                "overrides", "models", "tasks", "averages", "title", "seeds", "baseline"})  # fmt: skip
     averages = top.get("averages", True)
     if not isinstance(averages, bool):
         raise SuiteError(where, "averages", f"expected true or false, got {averages!r}")
@@ -293,6 +386,22 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
             if item.name in seen:
                 raise SuiteError(where, f"{label}[{i}].name", f"{item.name!r} is used twice")
             seen.add(item.name)
+    by_name = {t.name: t for t in parsed_tasks}
+    for i, t in enumerate(parsed_tasks):
+        if t.classifier_task is None:
+            continue
+        source = by_name.get(t.classifier_task)
+        if source is None or source.probe is not None or source.mode != "fit_test":
+            raise SuiteError(where, f"tasks[{i}].classifier_task",
+                             f"{t.classifier_task!r} is not a fine-tuning task of this suite "
+                             f"(fine-tuning tasks: {[x.name for x in parsed_tasks if x.mode == 'fit_test' and not x.probe]})")  # fmt: skip
+    seeds = top.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                              or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):  # fmt: skip
+        raise SuiteError(where, "seeds", f"expected a list of distinct non-negative integers, got {seeds!r}")
+    baseline = top.get("baseline")
+    if baseline is not None and baseline not in {m.name for m in parsed_models}:
+        raise SuiteError(where, "baseline", f"{baseline!r} is not a model of the suite; models: {[m.name for m in parsed_models]}")
     return Suite(
         name=name,
         path=Path(path) if path is not None else None,
@@ -304,6 +413,9 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
         work_dir=Path(top.get("work_dir", f"runs/bench/{name}")),
         averages=averages,
         title=str(top.get("title", "")).strip(),
+        seeds=tuple(seeds) if seeds is not None else (0,),
+        seeded=seeds is not None,
+        baseline=baseline,
     )
 
 
@@ -450,6 +562,8 @@ class _Reader:
     # ------------------------------------------------------------------- tasks
     def task(self, value: Any, field: str, shared: tuple[str, ...], data_root: str) -> TaskSpec:
         t = self.mapping(value, field)
+        if "probe" in t:
+            return self.probe_task(t, field)
         self.only(t, field, {"name", "group", "recipe", "metric", "mode", "overrides", "split", "scale",
                              "description", "requires", "chance"})  # fmt: skip
         chance = t.get("chance")
@@ -492,6 +606,40 @@ class _Reader:
             requires=tuple(Path(p.replace("{data_root}", data_root)) for p in requires),
             chance=float(chance) if chance is not None else None,
         )
+
+
+    def probe_task(self, t: dict[str, Any], field: str) -> TaskSpec:
+        """A probe task: ``probe``, ``metric``, ``split`` (default ``test``), optional
+        ``classifier_task``, ``options``, ``description`` and ``chance``."""
+        from ..probes import PROBES
+
+        self.only(t, field, {"name", "probe", "metric", "split", "classifier_task", "options", "description",
+                             "chance", "group"})  # fmt: skip
+        name = self.name(t.get("name"), f"{field}.name")
+        probe = t.get("probe")
+        if probe not in PROBES:
+            raise self.fail(f"{field}.probe", f"expected one of {sorted(PROBES)}, got {probe!r}")
+        if t.get("group", PROBE_GROUP) != PROBE_GROUP:
+            raise self.fail(f"{field}.group", f"a probe task is in group {PROBE_GROUP!r} (part of no average)")
+        metric = t.get("metric")
+        if not isinstance(metric, str) or not metric:
+            raise self.fail(f"{field}.metric", f"expected the probe record's metric (e.g. interaction_share/auroc), got {metric!r}")
+        split = t.get("split", "test")
+        if not isinstance(split, str) or not split:
+            raise self.fail(f"{field}.split", f"expected the probe record's split, got {split!r}")
+        clf = t.get("classifier_task")
+        if clf is not None and (not isinstance(clf, str) or not NAME_PATTERN.match(clf)):
+            raise self.fail(f"{field}.classifier_task", f"expected a task name, got {clf!r}")
+        options = self.mapping(t.get("options", {}), f"{field}.options")
+        reserved = sorted(set(options) & {"model", "classifier", "label", "out", "results", "seed", "quiet"})
+        if reserved:
+            raise self.fail(f"{field}.options.{reserved[0]}", "set by the runner, not by the suite")
+        chance = t.get("chance")
+        if chance is not None and (isinstance(chance, bool) or not isinstance(chance, (int, float))):
+            raise self.fail(f"{field}.chance", f"expected a number, got {chance!r}")
+        return TaskSpec(name=name, group=PROBE_GROUP, metric=metric, split=split, mode="test",
+                        description=str(t.get("description", "")).strip(), probe=probe, classifier_task=clf,
+                        probe_options=options, chance=float(chance) if chance is not None else None)  # fmt: skip
 
 
 def _fusion_only(key: str) -> bool:
