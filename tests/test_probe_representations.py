@@ -107,8 +107,8 @@ def test_run_clusters_the_items_with_their_own_labels(tmp_path, monkeypatch):
 
     monkeypatch.setattr(E, "embed_sets", fake)
     writer = ProbeWriter(tmp_path / "results.jsonl", tmp_path / "figures", "fake", "fake")
-    ctx = ProbeContext(model=None, world=world, writer=writer, n=120, seed=0)
-    records = E.run(ctx, type("Args", (), {"n_init": 2})())
+    ctx = ProbeContext(model=None, world=world, writer=writer, n=90, seed=0)
+    records = E.run(ctx, type("Args", (), {"n_init": 1})())
     value = {r.metric: r.value for r in records}
     assert value["nmi/image/shape"] == pytest.approx(100) and value["nmi/text/colour"] == pytest.approx(100)
     for crossed in ("nmi/image/colour", "nmi/text/shape"):  # independent of the other attribute

@@ -167,7 +167,9 @@ def word_features(model: Any, words: Sequence[str], templates: Sequence[tuple[st
     """Per word, ``(len(templates), D)``: the text tower's last hidden state at the word's
     tokens (their mean) in each template, from ``model`` (an
     :class:`~flava_zoo.inference.InferenceModel`)."""
-    tokenizer = model._need_tokenizer()
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ProbeError(f"{model.name} has no tokenizer: give --tokenizer (a folder with vocab.txt)")
     out = {}
     for word in words:
         texts = [before + word + after for before, after in templates]
@@ -240,9 +242,9 @@ def _figure(ctx: ProbeContext, results: Sequence[tuple[str, Mapping[str, Measure
         ax.bar(x + (j - (len(results) - 1) / 2) * width, [m.value for m in ms], width, yerr=errors, capsize=3, label=label)
     ax.axhline(50.0, color="black", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(x, ATTRIBUTES)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.set_ylabel("2 vs 2 accuracy (%)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ctx.writer.figure(PROBE, "2v2", fig, "Held-out word pairs: can a ridge probe of the text tower's word states "
                       "place two unseen attribute words on their own rendered colour / silhouette? "
                       "Bars: 95% bootstrap over items; dashed: chance")
