@@ -190,7 +190,10 @@ def test_keys_share_unimodal_stages_and_follow_the_spec(tmp_path):
     assert [s.key for s in merged.stages[:2]] == [s.key for s in co.stages[:2]] == [s.key for s in none.stages[:2]]
     assert len({merged.final.key, co.final.key, none.final.key}) == 3
     assert by_name["merged_no_unimodal"].pretrain.final.previous is None
-    assert [t.mode for t in suite.tasks] == ["test", "fit_test", "fit_test", "fit_test", "fit_test", "test", "test"]
+    assert [t.mode for t in suite.tasks] == ["test", "fit_test", "fit_test", "fit_test", "fit_test", "test", "test",
+                                             "test", "test", "test"]  # fmt: skip
+    assert [t.probe for t in suite.tasks[-3:]] == ["interactions", "relevance", "compositional"]
+    assert suite.seeds == (0, 1, 2) and suite.baseline == "merged"
     tr, ir = suite.task("zeroshot_tr"), suite.task("zeroshot_ir")
     assert cell_key(by_name["merged"], tr) == cell_key(by_name["merged"], ir)  # one run serves both
 
@@ -204,7 +207,8 @@ def test_keys_share_unimodal_stages_and_follow_the_spec(tmp_path):
 
 def test_shipped_suites_parse():
     shapes = load_suite(SUITES / "shapes.yaml")
-    assert {m.name for m in shapes.models} == {"merged", "co_attention", "none", "merged_no_unimodal", "merged_no_itm_mmm"}
+    assert {m.name for m in shapes.models} == {"merged", "co_attention", "none", "merged_no_unimodal", "merged_no_itm_mmm",
+                                               "random_init"}  # fmt: skip
     assert shapes.groups == ["vision", "language", "multimodal"]
     paper = load_suite(SUITES / "flava-paper.yaml", data_root="/nonexistent")
     assert paper.groups == ["vision", "language", "multimodal"]

@@ -255,26 +255,10 @@ def test_cost_columns_from_the_runners_lines(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def export(tmp_path_factory) -> Path:
-    """flava-tiny-shapes with random weights and the shapes tokenizer, exported (probes need a tokenizer)."""
-    import torch
-
-    import flava_zoo
-    from flava_zoo.data.datamodules import shapes_tokenizer
-    from flava_zoo.data.shapes import ShapesWorld
-
-    torch.manual_seed(0)
-    tokenizer = shapes_tokenizer(ShapesWorld(seed=0, sizes={"train": 200}), max_scenes=200)
-    folder = tmp_path_factory.mktemp("export") / "tiny"
-    return flava_zoo.save_pretrained(flava_zoo.create_model("flava-tiny-shapes"), folder, tokenizer=tokenizer)
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_tiny_seeded_suite_runs_resumes_and_builds(tmp_path, capsys, export):
+def test_tiny_seeded_suite_runs_resumes_and_builds(tmp_path, capsys):
     path = tmp_path / "suite.yaml"
-    data = _suite_dict(tmp_path)
-    data["models"][0]["source"] = str(export)
+    data = _suite_dict(tmp_path)  # an architecture: random weights drawn from each seed
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert bench_main(["run", str(path), "--no-chart"]) == 0
     records = read_results(tmp_path / "results.jsonl")
@@ -282,6 +266,8 @@ def test_tiny_seeded_suite_runs_resumes_and_builds(tmp_path, capsys, export):
     assert (tmp_path / "work" / "cells" / "tiny" / "seed1" / "gap" / "results.jsonl").is_file()
     r1 = [r.value for r in records if r.task == "retrieval" and r.metric == "image_to_text_R@1"]
     assert len(r1) == 2
+    # the probe on an architecture reads the vocabulary the shapes recipes train for it
+    assert (tmp_path / "work" / "cells" / "tiny" / "seed0" / "gap" / "tokenizer" / "vocab.txt").is_file()
     lines = [json.loads(x) for x in cost_path(tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and all(x["parameters"] > 0 and x["peak_memory_mib"] > 0 for x in lines)
 

@@ -163,7 +163,11 @@ def render(
     for t in suite.tasks:
         how = "fine-tuned, then tested" if t.mode == "fit_test" else "tested (nothing fine-tuned)"
         text = f"- `{t.name}` ({t.group}, `{t.metric}` on `{t.split}`): " + (f"{t.description} " if t.description else "")
-        text += f"`{_display_path(t.recipe)}`, {how}"
+        if t.probe is not None:
+            text += (f"probe `{t.probe}` ({json.dumps(t.probe_options, sort_keys=True)}) on each model and seed"
+                     + (f", querying its fine-tuned `{t.classifier_task}` classifier" if t.classifier_task else ""))  # fmt: skip
+        else:
+            text += f"`{_display_path(t.recipe)}`, {how}"
         if t.overrides:
             text += "; overrides " + " ".join(f"`{o}`" for o in t.overrides)
         lines.append(text)

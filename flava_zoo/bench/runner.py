@@ -20,7 +20,9 @@ Seeds (``seeds:`` in the suite): every stage and cell runs once per seed with
 (model, seed, task) cells already recorded) and in each adopted record's ``lineage["seed"]``.
 A probe task (``probe:``) runs :func:`flava_zoo.probes.run_probe` on the model's export (its
 ``classifier_task``'s fine-tuned ``last.ckpt``, same model and seed, as the classifier) after
-that cell, writing into its cell folder; its records are adopted like a recipe's.
+that cell, writing into its cell folder; its records are adopted like a recipe's. A model given
+as an architecture has no vocabulary of its own: its probes get the one the shapes recipes
+train for it (written to ``<cell>/tokenizer``).
 
 Cost: each pretraining stage and each cell appends a line to ``<results>.cost.jsonl``
 (:func:`cost_path`): its key, kind, seed, wall time, samples seen (steps x batch size, for a
@@ -243,7 +245,14 @@ def probe_call(suite: Suite, model: ModelSpec, task: TaskSpec) -> dict[str, Any]
                                "out": str(cell_folder(suite, model, task).resolve()), "seed": model.seed or 0}  # fmt: skip
     if task.classifier_task is not None:
         options["classifier"] = str(classifier_checkpoint(suite, model, task))
-    return {"name": task.probe, "model": model_reference(suite, model), "options": options}
+    reference = model_reference(suite, model)
+    from ..factory import resolve_model
+
+    with contextlib.suppress(ValueError, OSError):
+        if "tokenizer" not in options and resolve_model(reference).kind == "architecture":
+            options["tokenizer"] = str(cell_folder(suite, model, task).resolve() / "tokenizer")
+            return {"name": task.probe, "model": reference, "options": options, "shapes_tokenizer": True}
+    return {"name": task.probe, "model": reference, "options": options}
 
 
 def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[str]]:
@@ -450,6 +459,12 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
                     error = f"flava-zoo {argv[0]} exited with status {code}"
                     break
             probe = payload.get("probe")
+            if probe and probe.get("shapes_tokenizer"):
+                # an architecture has no vocabulary: the one the shapes recipes train for it
+                # (world seed 0, 48 tokens), the same function the fine-tuning data uses
+                from ..downstream.data import _shapes_tokenizer
+
+                _shapes_tokenizer(0, 48).save(probe["options"]["tokenizer"])
             if probe:
                 from ..probes import run_probe
 
