@@ -220,7 +220,7 @@ def test_an_oracle_uses_the_evidence_and_a_blind_model_does_not(tmp_path) -> Non
 
 
 # ------------------------------------------------------------------- a random model
-def test_a_random_model_sits_at_chance_on_negation(tmp_path, random_export) -> None:
+def test_a_random_model_sits_at_chance_on_negation_and_occlusion(tmp_path, random_export) -> None:
     from flava_zoo.inference import load_inference_model
     from flava_zoo.probes import negation
 
@@ -241,6 +241,12 @@ def test_a_random_model_sits_at_chance_on_negation(tmp_path, random_export) -> N
     iv = by_metric["caption/contrastive_drop"].interval
     assert iv["low"] < got["caption/contrastive_drop"] < iv["high"] and by_metric["caption/itm_flip"].unit == "%"
     assert by_metric["caption/similarity_gap"].unit == "1"
+    # the coin's answers move as often whatever is hidden: no evidence use
+    from flava_zoo.probes import occlusion
+
+    got = _values(occlusion.run(_context(tmp_path, coin, 400), argparse.Namespace(split="test")))
+    assert abs(got["evidence/all"]) < 10.0 and got["chance/evidence/all"] == 0.0
+    assert got["target_changed/all"] > 50 and got["distractor_unchanged/all"] < 50
 
 
 # --------------------------------------------------------------------- files and CLI
