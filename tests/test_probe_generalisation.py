@@ -292,6 +292,9 @@ def test_memorisation_measures_without_a_relation_and_the_cli(random_export, tmp
     assert m["gap/top_minus_bottom"].interval.low < 0 < m["gap/top_minus_bottom"].interval.high
     assert m["spearman_x100"].interval.low < 0 < m["spearman_x100"].interval.high
     assert "spearman_x100" not in memorisation_measures(sim, np.ones(400), 50.0)  # undefined: every item right
+    four_right = np.r_[np.ones(4), np.zeros(396)]
+    assert "point_biserial_x100" not in memorisation_measures(sim, four_right, 50.0)  # too few to bootstrap
+    assert "point_biserial_x100" in memorisation_measures(sim, np.r_[np.ones(5), np.zeros(395)], 50.0)
     from scipy import stats
 
     x, y = sim[:50], (sim[:50] + rng.random(50) > 1.0).astype(float)

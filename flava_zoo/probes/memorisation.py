@@ -22,8 +22,8 @@ resample of all items):
   correctness does not depend on resemblance to training data;
 * ``spearman_x100``, ``point_biserial_x100`` (unit 1, 100 x the coefficient): Spearman's rank
   correlation and the point-biserial (Pearson) correlation of nearest-neighbour similarity
-  with correctness (``scipy.stats``); 0 at chance. Undefined, and not written, when every
-  item is right or every item wrong;
+  with correctness (``scipy.stats``); 0 at chance. Not written with fewer than 5 right or
+  5 wrong items (:data:`MIN_PER_OUTCOME`: the interval would mean nothing);
 * ``nn_similarity_mean`` (unit 1): the mean nearest-neighbour cosine.
 
 A positive gap says the model is right mostly on items close to its training data:
@@ -67,6 +67,10 @@ CLASSIFIER_TASKS: tuple[str, ...] = ("shapes/vqa", "shapes/memes")
 
 DEFAULT_N = 200
 DEFAULT_TRAIN_SIZE = 1000
+MIN_PER_OUTCOME = 5
+"""The correlations are written only with at least this many right and this many wrong
+items: with fewer, most resamples hold one or none of the rarer outcome and the bootstrap
+interval means nothing (a random model right on 2 of 200 items got [4.9, 15.4])."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,7 +157,7 @@ def memorisation_measures(similarity: Any, correct: Any, chance: float | None, s
         "accuracy_bottom_half": Measure(float(ok[bottom].mean() * 100), bootstrap_interval(ok[bottom] * 100, seed=seed), chance),
         "gap/top_minus_bottom": Measure(_gap(rows), bootstrap_interval(rows, _gap, seed=seed), 0.0),
     }
-    if 0.0 < ok.mean() < 1.0 and sim.std() > 0:
+    if min(ok.sum(), len(ok) - ok.sum()) >= MIN_PER_OUTCOME and sim.std() > 0:
         spearman = float(stats.spearmanr(sim, ok).statistic) * 100.0
         point_biserial = float(stats.pointbiserialr(ok, sim).statistic) * 100.0
         out["spearman_x100"] = Measure(spearman, _correlation_interval(sim, ok, spearman, True, seed), 0.0, unit="1")
