@@ -181,7 +181,7 @@ def test_grounding_cli_compares_with_a_text_only_model(random_export, tmp_path, 
     from flava_zoo.cli import main
 
     out = tmp_path / "out"
-    args = ["probe", "grounding", "--model", str(random_export), "--label", "mm", "--contexts", "5",
+    args = ["probe", "grounding", "--model", str(random_export), "--label", "mm", "--n", "5",
             "--text-only", str(random_export), "--text-only-label", "txt", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(args) == 0
     records = read_results(out / "results.jsonl")
@@ -192,7 +192,7 @@ def test_grounding_cli_compares_with_a_text_only_model(random_export, tmp_path, 
         assert by[("mm", f"difference/{attribute}")].value == 0 and by[("mm", f"p_value/{attribute}")].value == 1
         assert txt.lineage["role"] == "text-only"
     assert (out / "figures" / "mm" / "grounding_2v2.png").is_file()
-    bad = ["probe", "grounding", "--model", str(random_export), "--contexts", "2", "--text-only",
+    bad = ["probe", "grounding", "--model", str(random_export), "--n", "2", "--text-only",
            str(tmp_path / "nowhere"), "--out", str(out), "--quiet"]  # fmt: skip
     assert main(bad) == 1
     assert "--text-only" in capsys.readouterr().err

@@ -14,8 +14,8 @@ trained on (the leave-two-out "2 vs 2" test of Mitchell et al., Science 2008):
   mean RGB (/255) of the visible pixels of a large object of that colour (averaged over
   the shapes); for a shape its silhouette (the visible mask of a large centred object,
   block-averaged to 16 x 16);
-* each word is read in ``--contexts`` template sentences (captions' phrasings: ``"a small
-  red star on the left"``, ``"the star is red"``, ``"there is no red star"``, ...; the
+* each word is read in ``--n`` template sentences (default 40; the captions' phrasings:
+  ``"a small red star on the left"``, ``"the star is red"``, ``"there is no red star"``, ...; the
   other slots filled at random with ``--seed``, the same fills for every word of an
   attribute); its feature is the text tower's last hidden state at the word's tokens
   (mean over word pieces);
@@ -39,7 +39,8 @@ points with a paired bootstrap interval over the pairs and its p-value
 
 Figure: the 2 vs 2 accuracy of each model by attribute, with intervals and chance.
 
-Cost: one text-tower pass over 13 x contexts sentences per model and 36 ridge fits: seconds.
+Cost: one text-tower pass over 13 x N sentences per model and 36 ridge fits: about 20 s of
+CPU for flava-tiny at the default N = 40, with the text-only model (most of it imports).
 """
 
 from __future__ import annotations
@@ -76,14 +77,13 @@ __all__ = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The probe's own options: the text-only model to compare with, contexts, ridge alpha."""
+    """The probe's own options: the text-only model to compare with and the ridge penalty
+    (``--n`` is the number of contexts per word)."""
     parser.add_argument("--text-only", dest="text_only", default=None,
                         help="a text-only-pretrained model to compare with (export folder, zoo tag, .ckpt), "
                              "e.g. the quickstart's OUTPUT.run/stages/text")  # fmt: skip
     parser.add_argument("--text-only-label", dest="text_only_label", default=None,
                         help="its name in the records (default: --text-only)")
-    parser.add_argument("--contexts", type=int, default=DEFAULT_CONTEXTS,
-                        help=f"template sentences per word (default {DEFAULT_CONTEXTS}; --n is not used)")
     parser.add_argument("--alpha", type=float, default=10.0, help="ridge penalty of the probe (default 10)")
 
 
@@ -253,10 +253,8 @@ def _figure(ctx: ProbeContext, results: Sequence[tuple[str, Mapping[str, Measure
 def run(ctx: ProbeContext, args: argparse.Namespace) -> list[Any]:
     """Score ``--model`` (and ``--text-only`` when given) with the 2 vs 2 test; write the
     records, the difference and the figure."""
-    count = int(getattr(args, "contexts", DEFAULT_CONTEXTS))
+    count = ctx.items(DEFAULT_CONTEXTS)
     alpha = float(getattr(args, "alpha", 10.0))
-    if count < 1:
-        raise ProbeError(f"--contexts must be at least 1, got {count}")
     if not alpha > 0:
         raise ProbeError(f"--alpha must be positive, got {alpha}")
     text_only = getattr(args, "text_only", None)
