@@ -401,13 +401,14 @@ def measure(
         for ablation in ABLATIONS:
             diffs[f"drop/{ablation}"] = _difference_interval(metric, rows["full"], rows[ablation], seed)
         result.differences[metric.name] = diffs
-        full = result.scores[metric.name]["full"].estimate
-        if full - chance > 0:
-            result.shares[metric.name] = _joint_interval(
-                metric, [rows["full"], rows["emap"]], lambda a, b, c=chance: interaction_share(a, b, c), seed
-            )
-        else:
-            result.shares[metric.name] = None
+        result.shares[metric.name] = None
+        if result.scores[metric.name]["full"].estimate - chance > 0:
+            try:
+                result.shares[metric.name] = _joint_interval(
+                    metric, [rows["full"], rows["emap"]], lambda a, b, c=chance: interaction_share(a, b, c), seed
+                )
+            except ValueError:  # at chance on every resample: no share, as on all items
+                pass
     return result
 
 
