@@ -5,6 +5,7 @@ columns read from what the runner records, the PNG, and a tiny seeded suite run 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -99,6 +100,10 @@ def test_interval_and_significance_arithmetic_on_known_records():
     assert said[0].endswith(f"Welch p = {co.p:.3f}.")
     text = " ".join(seeds_and_items(board))
     assert "Seeds: 0, 1, 2" in text and "Welch's two-sided t-test" in text and "`vqa` 500" in text
+    assert "commits" not in text  # every record from one commit
+    later = aggregate([*(board.scores[k].record for k in board.scores), dataclasses.replace(
+        board.scores[("merged", "vqa")].record, lineage={"seed": 3}, git_commit="def")], list(VALUES), TASKS)  # fmt: skip
+    assert "2 commits" in " ".join(seeds_and_items(later)) and later.scores[("merged", "vqa")].seeds == (2, 3)
 
 
 def test_one_seed_gives_no_interval_and_no_marks():
@@ -113,8 +118,10 @@ def test_chart_has_one_axis_per_metric_kind(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    tasks = [*TASKS, TaskSpec("tr", "multimodal", "image_to_text_R@1")]
+    tasks = [*TASKS, TaskSpec("tr", "multimodal", "image_to_text_R@1"),
+             TaskSpec("share", "probes", "interaction_share/auroc", probe="interactions")]  # fmt: skip
     records = [record(m, "tr", "image_to_text_R@1", 10.0 + s, s) for m in VALUES for s in (0, 1, 2)]
+    records += [record(m, "share", "interaction_share/auroc", 20.0 + s, s) for m in VALUES for s in (0, 1, 2)]
     records += [r for k, score in _board().scores.items() for r in [score.record] if r is not None]
     board = aggregate(records, list(VALUES), tasks, baseline="merged")
     seen = {}
@@ -132,7 +139,7 @@ def test_chart_has_one_axis_per_metric_kind(tmp_path):
     finally:
         plt.Figure.savefig = original
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert seen["titles"] == ["accuracy-like", "AUROC", "R@K", "averages"]
+    assert seen["titles"] == ["accuracy-like", "AUROC", "R@K", "averages", "probe interactions"]
     assert seen["error_bars"] > 0 and seen["chance_lines"] == 2  # vqa's and memes' chance; tr states none
 
 

@@ -64,6 +64,8 @@ class Score:
     p: float | None = None
     mark: str = ""
     unit: str = UNIT
+    commits: tuple[str, ...] = ()
+    """The git commits its records ran at (a table assembled from several resumed runs)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +224,7 @@ def aggregate(
             scores[(m, t.name)] = Score(
                 math.fsum(values) / len(values), max(samples), rs[-1], values=values, seeds=seeds,
                 interval=t_interval(values) if len(values) > 1 else None, unit=rs[0].unit,
+                commits=tuple(sorted({r.git_commit or "unknown" for r in rs})),
             )  # fmt: skip
     group_averages: dict[tuple[str, str], Average] = {}
     overall: dict[str, Average] = {}
@@ -324,10 +327,12 @@ def to_csv(board: Leaderboard) -> str:
 
 
 def metric_kind(task: TaskSpec) -> str:
-    """The axis a task's metric is drawn on: ``probe`` (a probe task), ``AUROC``, ``R@K``
-    (retrieval recall) or ``accuracy-like`` (accuracy, VQA accuracy, F1, correlations x 100)."""
+    """The axis a task's metric is drawn on: ``probe <name>`` (a probe task: one axis per
+    probe, e.g. the interaction share, the pointing game, the compositional gap), ``AUROC``,
+    ``R@K`` (retrieval recall) or ``accuracy-like`` (accuracy, VQA accuracy, F1,
+    correlations x 100)."""
     if task.group == PROBE_GROUP:
-        return "probe"
+        return f"probe {task.probe}" if task.probe else "probe"
     if "auroc" in task.metric.lower():
         return "AUROC"
     if "R@" in task.metric:
@@ -355,7 +360,8 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
     for _, label, _, kind, cells in board.table():
         axis = metric_kind(by_name[label]) if kind in ("task", "probe") else "averages"
         panels.setdefault(axis, []).append((label, kind, cells))
-    order = [k for k in ("accuracy-like", "AUROC", "R@K", "averages", "probe") if k in panels]
+    order = [k for k in ("accuracy-like", "AUROC", "R@K", "averages") if k in panels]
+    order += [k for k in panels if k not in order]  # the probes, in the table's order
     n_models = len(board.models)
     width = 0.8 / max(1, n_models)
     widths = [max(2.0, 0.9 * len(panels[k]) + 1.0) for k in order]
@@ -393,7 +399,8 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
         ax.set_xticks(range(len(rows)), [label.replace(" average", "\naverage") for label, _, _ in rows],
                       rotation=30, ha="right", fontsize=8)  # fmt: skip
         ax.set_title(kind, fontsize=9)
-        ax.set_ylabel(f"{kind} ({UNIT})" if kind != "probe" else "probe metric")
+        probe_metrics = sorted({by_name[label].metric for label, row_kind, _ in rows if row_kind == "probe"})
+        ax.set_ylabel(", ".join(probe_metrics) if probe_metrics else f"{kind} ({UNIT})", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     seeds = f"; mean over {len(board.seeds)} seeds, 95% t intervals" if len(board.seeds) > 1 else ""
     fig.suptitle((title or "leaderboard") + seeds, fontsize=10)
@@ -425,6 +432,10 @@ def seeds_and_items(board: Leaderboard) -> list[str]:
             items.append(f"`{t.name}` {'/'.join(f'{c:,}' for c in counts)}")
     if items:
         lines.append("Test items per task (the records' `num_samples`): " + ", ".join(items) + ".")
+    commits = sorted({c for s in board.scores.values() for c in s.commits})
+    if len(commits) > 1:
+        lines.append(f"The records come from {len(commits)} commits (runs resumed at different times; each "
+                     "record names its own): " + ", ".join(f"`{c[:10]}`" for c in commits) + ".")  # fmt: skip
     return lines
 
 
