@@ -769,9 +769,11 @@ def _adopt(suite: Suite, job: Job) -> str:
         append_results(suite.results, records)
         headline = [r for r in records if (r.split, r.metric) == (task.split, task.metric)]
         if not headline:
-            have = sorted({f"{r.split}/{r.metric}" for r in records})
-            raise ValueError(f"{job.label}: no record of {name}'s headline metric {task.split}/{task.metric}; "
-                             f"the cell recorded {have}")  # fmt: skip
+            have = sorted({f"{r.split}/{r.metric}" for r in records if not r.metric.startswith("chance/")})
+            shown = ", ".join(have[:8]) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
+            why = " (a probe leaves out a metric it cannot define, e.g. a share when the score is at chance)" if job.probe else ""
+            raise ValueError(f"{job.label}: no record of {name}'s headline metric {task.split}/{task.metric}{why}; "
+                             f"the cell recorded {shown}")  # fmt: skip
         shown.append(f"{task.metric} {headline[-1].value * task.scale:.1f}")
     return ": " + ", ".join(shown)
 
