@@ -95,7 +95,7 @@ class ColourPatches(nn.Module):
         self.patch = patch
         self.register_buffer("pos", torch.eye(grid * grid))
         self.proj = nn.Linear(len(_PALETTE) + grid * grid, dim)
-        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
 
     def forward(self, x: torch.Tensor, image_mask: torch.Tensor | None = None) -> EncoderOutput:
         near = (((x[:, None] - _PALETTE[None, :, :, None, None]) ** 2).sum(2) < 0.02).float()
@@ -173,10 +173,26 @@ def test_a_trained_finder_points_and_its_permuted_twin_is_at_chance(shapes_token
     torch.testing.assert_close(after[0][..., perm], before[0], rtol=1e-4, atol=1e-6)  # the same model, relabelled
     scrambled = score(ctx(permuted), "test", 60, "phrase", "mention")
     chance = found["chance"].mean()
-    for m in ("attention", "relevance"):
-        print(m, found["hits"][m].mean(), scrambled["hits"][m].mean(), chance,
-              np.nanmean(found["hits"][m] - found["other_hits"][m]))
+    # Relevance is not checked above chance here: in this budget the ITM head does not learn
+    # its left/right task, so the match logit's positive evidence (relevance) stays flat.
     assert found["hits"]["attention"].mean() > chance + 0.25
     assert np.nanmean(found["hits"]["attention"] - found["other_hits"]["attention"]) > 0.15
     for m in ("attention", "relevance"):
         assert abs(scrambled["hits"][m].mean() - chance) < 0.1, m
+
+
+@pytest.mark.parametrize("fusion", ["merged", "co_attention"])
+def test_fusion_maps_cover_the_text_rows_over_the_patches(fusion, shapes_tokenizer):
+    torch.manual_seed(0)
+    net = create_model("flava-tiny", text__vocab_size=shapes_tokenizer.vocab_size, fusion=fusion).eval()
+    head = ITMHead(net.config.multimodal.hidden_size).eval()
+    batch = dict(shapes_tokenizer(["the large red circle", "a blue star above a green cross"]))
+    batch["pixel_values"] = torch.randn(2, 3, 64, 64)
+    attention, relevance = fusion_maps(net, head, batch, True)
+    length = batch["input_ids"].shape[1]
+    assert attention.shape == relevance.shape == (2, length, 16)
+    assert float(attention.min()) >= 0 and float(attention.sum(-1).max()) < 1  # the other columns hold the rest
+    assert float(relevance.min()) >= 0 and float(relevance[:, 1:6].sum()) > 0  # real tokens get relevance
+    only, none = fusion_maps(net, head, batch, False)
+    assert none is None
+    torch.testing.assert_close(only, attention)

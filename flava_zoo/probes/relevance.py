@@ -16,7 +16,9 @@ token (the shape word's token, ``--token shape``, or the mean over the mention's
   its two cross-attentions, as blocks of one matrix), with y the ITM head's match logit of
   the (image, text) pair; the map is R's row of the object's token over the patch columns.
   The last fusion layer's text rows never reach y, so relevance needs two fusion layers
-  and an ITM head; ``--methods auto`` drops it (and says so) where either is missing.
+  and an ITM head; ``--methods auto`` drops it (and says so) where either is missing. Only
+  evidence for a match counts (the clamp), so an ITM head that was not trained to match
+  gives a flat map there, which scores chance.
 
 Pointing game (patch level): a hit when the map's most relevant patch overlaps the named
 object's visible mask (ties share the credit: the hit is the covered fraction of the tied
@@ -36,7 +38,7 @@ Texts: ``--text caption`` (default) scores every mention in the primary caption 
 the first N scenes of ``--split``; ``--text phrase`` one short text per visible object
 ("the large red circle"). A model without fusion (fusion='none') has no text-to-patch map:
 the probe refuses it. Figures: ``--figures K`` scenes with the image and the named object's
-box, its attention map and its relevance map upsampled over the image.
+box, its attention map and its relevance map over the image, one colour per patch.
 
 Cost: one forward and one backward of the model per batch of (image, text) pairs; N=200
 scenes of flava-tiny take a few seconds on a CPU.
@@ -333,7 +335,7 @@ def _figure(ctx: Any, split: str, result: dict[str, Any], methods: Sequence[str]
             ax.imshow(image, extent=(0, side, side, 0))
             if c:
                 ax.imshow(result["maps"][title][j], extent=(0, side, side, 0), cmap="jet", alpha=0.5,
-                          interpolation="bilinear")  # fmt: skip
+                          interpolation="nearest")  # fmt: skip
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
             ax.set_title(f"'{it.word}'" if c == 0 else title, fontsize=8)
             ax.set_xticks([])
