@@ -266,22 +266,31 @@ def test_cost_columns_from_the_runners_lines(tmp_path):
 def test_tiny_seeded_suite_runs_resumes_and_builds(tmp_path, capsys):
     path = tmp_path / "suite.yaml"
     data = _suite_dict(tmp_path)  # an architecture: random weights drawn from each seed
+    data["tasks"][0] = {"name": "memes", "group": "multimodal", "recipe": "recipes/finetune/shapes_memes.yaml",
+                        "metric": "auroc", "chance": 50.0,
+                        "overrides": ["--trainer.max_steps=2", "--data.init_args.train_size=8",
+                                      "--trainer.limit_val_batches=0", "--model.init_args.warmup_steps=1"]}
+    data["tasks"].append({"name": "full", "probe": "interactions", "classifier_task": "memes", "metric": "full/auroc",
+                          "options": {"n": 6}})  # fmt: skip
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert bench_main(["run", str(path), "--no-chart"]) == 0
     records = read_results(tmp_path / "results.jsonl")
-    assert {(r.task, r.lineage["seed"]) for r in records} == {(t, s) for t in ("retrieval", "gap") for s in (0, 1)}
-    assert (tmp_path / "work" / "cells" / "tiny" / "seed1" / "gap" / "results.jsonl").is_file()
-    r1 = [r.value for r in records if r.task == "retrieval" and r.metric == "image_to_text_R@1"]
-    assert len(r1) == 2
+    tasks = ("memes", "gap", "full")
+    assert {(r.task, r.lineage["seed"]) for r in records} == {(t, s) for t in tasks for s in (0, 1)}
+    cells = tmp_path / "work" / "cells" / "tiny"
+    assert (cells / "seed1" / "gap" / "results.jsonl").is_file()
+    memes = sorted(r.model_source for r in records if r.task == "memes" and r.metric == "auroc")
+    assert len(memes) == 2 and "seed0" in memes[0] and "seed1" in memes[1]  # one fine-tuning per seed
+    probe = next(r for r in records if r.task == "full" and r.lineage["seed"] == 1 and r.metric == "full/auroc")
+    assert str(cells / "seed1" / "memes" / "checkpoints" / "last.ckpt") in str(probe.lineage.get("classifier"))
     # the probe on an architecture reads the vocabulary the shapes recipes train for it
-    assert (tmp_path / "work" / "cells" / "tiny" / "seed0" / "gap" / "tokenizer" / "vocab.txt").is_file()
+    assert (cells / "seed0" / "gap" / "tokenizer" / "vocab.txt").is_file()
     lines = [json.loads(x) for x in cost_path(tmp_path / "results.jsonl").read_text().splitlines()]
-    assert len(lines) == 4 and all(x["parameters"] > 0 and x["peak_memory_mib"] > 0 for x in lines)
+    assert len(lines) == 6 and all(x["parameters"] > 0 and x["peak_memory_mib"] > 0 for x in lines)
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert "Seeds: 0, 1 (2 runs per cell" in md and "## Cost" in md and "| `tiny` |" in md
-    assert md.rstrip().splitlines()[-1].startswith("No difference from `tiny`") or "## Design lessons" in md
-    assert "| probes | gap | gap/image_to_text_R@5 |" in md
+    assert "| probes | gap | gap/image_to_text_R@5 |" in md and "| probes | full | full/auroc |" in md
     assert "## Design lessons" in md.split("## Cost")[1]  # the lessons close the document
 
     suite = parse_suite(data, path)
