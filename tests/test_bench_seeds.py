@@ -52,10 +52,13 @@ VALUES = {  # model -> task -> values of seeds 0, 1, 2
 }
 
 
+def _records(seeds=(0, 1, 2)) -> list[ResultRecord]:
+    return [record(m, t, TASKS[i].metric, v[s], s) for m, by in VALUES.items()
+            for i, (t, v) in enumerate(by.items()) for s in seeds]  # fmt: skip
+
+
 def _board(seeds=(0, 1, 2)):
-    records = [record(m, t, TASKS[i].metric, v[s], s) for m, by in VALUES.items()
-               for i, (t, v) in enumerate(by.items()) for s in seeds]  # fmt: skip
-    return aggregate(records, list(VALUES), TASKS, baseline="merged")
+    return aggregate(_records(seeds), list(VALUES), TASKS, baseline="merged")
 
 
 def test_interval_and_significance_arithmetic_on_known_records():
@@ -80,6 +83,9 @@ def test_interval_and_significance_arithmetic_on_known_records():
     assert avg.values == (53.0, 54.5, 56.0) and avg.value == pytest.approx(54.5)
     sd = math.sqrt(((53 - 54.5) ** 2 + (56 - 54.5) ** 2) / 2)
     assert avg.interval.high - 54.5 == pytest.approx(t_quantile(0.975, 2) * sd / math.sqrt(3))
+    assert board.overall["merged"].values == avg.values and board.overall["merged"].seeds == (0, 1, 2)
+    odd = aggregate([r for r in _records() if not (r.task == "memes" and r.lineage["seed"] == 0)], list(VALUES), TASKS)
+    assert odd.group_averages[("merged", "multimodal")].interval is None  # tasks with other seeds: no per-seed mean
 
     table = to_markdown_table(board)
     assert table.splitlines()[0] == "| group | task | metric (%) | `merged` (baseline) | `co_attention` | chance |"

@@ -71,9 +71,9 @@ class Score:
 @dataclasses.dataclass(frozen=True)
 class Average:
     """A mean over ``count`` of ``expected`` entries; ``partial`` when it stands on fewer
-    entries than expected (or on partial averages). ``values``: the per-seed averages (when
-    every entry has every seed), with their t ``interval``, ``p`` and ``mark`` as for a
-    :class:`Score`."""
+    entries than expected (or on partial averages). ``values``: the per-seed averages of
+    ``seeds`` (when every entry has the same seeds), with their t ``interval``, ``p`` and
+    ``mark`` as for a :class:`Score`."""
 
     value: float | None
     count: int
@@ -83,6 +83,7 @@ class Average:
     interval: Interval | None = None
     p: float | None = None
     mark: str = ""
+    seeds: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -138,11 +139,13 @@ def _mean(cells: Sequence[Score | Average], partial: bool, inner_partial: bool =
     value = math.fsum(c.value for c in present) / len(present)  # type: ignore[misc]
     per_seed: tuple[float, ...] = ()
     interval = None
-    lengths = {len(c.values) for c in present}
-    if len(present) == len(cells) and len(lengths) == 1 and lengths != {0}:
+    seed_sets = {c.seeds for c in present}
+    if len(present) == len(cells) and len(seed_sets) == 1 and seed_sets != {()}:
         per_seed = tuple(math.fsum(col) / len(col) for col in zip(*(c.values for c in present)))
         interval = t_interval(per_seed) if len(per_seed) > 1 else None
-    return Average(value, len(present), len(cells), len(present) < len(cells) or inner_partial, per_seed, interval)
+    seeds = next(iter(seed_sets)) if per_seed else ()
+    return Average(value, len(present), len(cells), len(present) < len(cells) or inner_partial, per_seed, interval,
+                   seeds=seeds)  # fmt: skip
 
 
 def _tested(cell: Score | Average, base: Score | Average, alpha: float) -> Score | Average:
