@@ -32,8 +32,11 @@ logit margin, and accuracy; VQA accuracy is exact match of the top answer):
 
   not clipped: about 0 for an additive model, 100 when EMAP is at chance, negative when the
   projection scores higher than the model (it can: EMAP is fitted to the logits, not the
-  labels), above 100 when it scores below chance. It is not reported when ``full`` is at or
-  below chance (nothing to share), and bootstrap resamples where it is so are left out.
+  labels), above 100 when it scores below chance. It is reported only when ``full`` is
+  above chance beyond doubt, the lower end of its 95% interval above chance: near chance
+  the denominator is noise and the ratio unbounded (a memes-like accuracy of 57 [51, 64]
+  against a chance of 54.5 gave 620%). Bootstrap resamples where ``full`` is at or below
+  chance are left out of its interval.
 
 Chance: the majority label's share of the ``N`` items for accuracy (a constant answer), 50
 for AUROC. Intervals: 95% percentile bootstrap over the ``N`` items (1,000 resamples,
@@ -402,7 +405,7 @@ def measure(
             diffs[f"drop/{ablation}"] = _difference_interval(metric, rows["full"], rows[ablation], seed)
         result.differences[metric.name] = diffs
         result.shares[metric.name] = None
-        if result.scores[metric.name]["full"].estimate - chance > 0:
+        if result.scores[metric.name]["full"].low > chance:
             try:
                 result.shares[metric.name] = _joint_interval(
                     metric, [rows["full"], rows["emap"]], lambda a, b, c=chance: interaction_share(a, b, c), seed
@@ -469,7 +472,7 @@ def _figure(ctx: ProbeContext, result: InteractionResult, metric: Metric, task: 
     ax.set_xticks(range(len(conds)), [c.replace("_", "\n") for c in conds], fontsize=8)
     ax.set_ylabel(f"{metric.name} (%)")
     share = result.shares[metric.name]
-    share_text = "undefined (full at chance)" if share is None else f"{share:.1f}%"
+    share_text = "undefined (full not above chance)" if share is None else f"{share:.1f}%"
     ax.set_title(f"{task} {split}, N={result.n}: interaction share {share_text}", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ctx.writer.figure(
@@ -519,7 +522,8 @@ def run(ctx: ProbeContext, args: argparse.Namespace) -> list[Any]:
         if share is not None:
             measures[f"interaction_share/{m}"] = Measure(share.estimate, share)
         elif not ctx.quiet:
-            print(f"probe interactions: full {m} is at or below chance: no interaction share", file=sys.stderr)
+            print(f"probe interactions: full {m} is not above chance beyond its 95% interval: no interaction share",
+                  file=sys.stderr)
         records += ctx.writer.write("interactions", split, measures, n, hyper)
     _figure(ctx, result, metrics[0], task, split)
     return records
