@@ -1,6 +1,27 @@
-"""The relevance probe: patch coverage, the pointing game's hit, and its validation (a random
-model's maps do not depend on which object a word names; a model trained to find the named
-object points at it; the same model with its patches consistently permuted falls to chance)."""
+"""The relevance probe: patch coverage, the pointing game's hit, and its validation.
+
+What these tests show, and what they do not (issue 16's validation, part 4):
+
+* shown: a randomly initialised flava-tiny's maps do not depend on which object a word names
+  (both methods' specificity intervals hold 0), although its attention sits above the
+  patch-share chance (random attention is drawn to any object);
+* shown, for attention only, and only as plumbing: a model whose first fusion layer was
+  trained WITH ATTENTION SUPERVISION (told where each word should look) scores far above
+  chance on the pointing game and on specificity, so the probe reads the rows the model uses
+  and scores them against the right masks; its consistently patch-permuted twin (the same
+  function, patches relabelled) falls to chance, so the score depends on the map lining up
+  with the named object and on nothing else;
+* not shown: that a model trained from a task loss alone (no attention supervision) comes to
+  point at the named object. Small FlavaModels with a hand-made colour/position image tower,
+  2 fusion layers (merged and co-attention), width 16-32, 1-4 heads, Adam 1e-3 to 1e-2,
+  400-1600 steps, trained to tell whether the named object is in the left or right half, or
+  whether the named colour is present, stayed at loss 0.69 (chance); no such model fits a
+  test's CPU budget;
+* not shown: Chefer relevance above chance for any model. The finder's ITM head does not
+  learn its left/right task in this budget (55%), and the clamped gradient-times-attention
+  of its match logit is 0 at every word-to-patch entry, so the relevance map is flat (it
+  scores exactly chance).
+"""
 
 from __future__ import annotations
 
@@ -110,9 +131,11 @@ def _pixels(image) -> torch.Tensor:
 
 
 def _trained_finder(tokenizer, world, steps: int = 200):
-    """A small merged-fusion model trained to find the named object: the first fusion layer
-    learns to attend from the words of "the SIZE COLOUR SHAPE" to that object's patches
-    (attention supervision), the ITM head whether the object is in the right half."""
+    """A small merged-fusion model that points by construction, not by learning a task: its
+    first fusion layer is trained with attention supervision (the words of "the SIZE COLOUR
+    SHAPE" are told to attend to that object's patches); the ITM head is trained beside it on
+    whether the object is in the right half, which it does not learn in this budget (55% on
+    220 test phrases)."""
     torch.manual_seed(0)
     d = 32
     dims = {f"{t}__{k}": v for t in ("image", "text", "multimodal")
@@ -173,8 +196,11 @@ def test_a_trained_finder_points_and_its_permuted_twin_is_at_chance(shapes_token
     torch.testing.assert_close(after[0][..., perm], before[0], rtol=1e-4, atol=1e-6)  # the same model, relabelled
     scrambled = score(ctx(permuted), "test", 60, "phrase", "mention")
     chance = found["chance"].mean()
-    # Relevance is not checked above chance here: in this budget the ITM head does not learn
-    # its left/right task, so the match logit's positive evidence (relevance) stays flat.
+    # Attention is checked above chance: this confirms the probe's plumbing (rows, columns,
+    # masks, specificity), not that task training makes a model point (see the module
+    # docstring). Relevance is not checked above chance: the ITM head does not learn its
+    # left/right task, and the match logit's positive evidence in the word rows is 0, so the
+    # relevance map is flat; its scrambled check below is therefore trivially at chance.
     assert found["hits"]["attention"].mean() > chance + 0.25
     assert np.nanmean(found["hits"]["attention"] - found["other_hits"]["attention"]) > 0.15
     for m in ("attention", "relevance"):

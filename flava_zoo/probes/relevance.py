@@ -40,6 +40,14 @@ the first N scenes of ``--split``; ``--text phrase`` one short text per visible 
 the probe refuses it. Figures: ``--figures K`` scenes with the image and the named object's
 box, its attention map and its relevance map over the image, one colour per patch.
 
+Validation (tests/test_probe_relevance.py): a randomly initialised flava-tiny's specificity
+interval holds 0 for both methods; a small model whose first fusion layer was trained with
+attention supervision points (attention far above chance, specificity above 0) and its
+consistently patch-permuted twin falls to chance. That checks the probe's plumbing; it does not
+show that a model trained on a task alone comes to point (the tiny task-trained models tried
+stayed at chance on their tasks), nor that relevance rises above chance for any model (the
+tested model's ITM head did not learn its task and its relevance map is flat).
+
 Cost: one forward and one backward of the model per batch of (image, text) pairs; N=200
 scenes of flava-tiny take a few seconds on a CPU.
 """
