@@ -95,3 +95,26 @@ def test_readme_evaluate_predictions_command_runs(tmp_path, monkeypatch):
     write_memes_submission({1: 0.1, 2: 0.9, 3: 0.4, 4: 0.2}, data / "dev_seen.jsonl", out)
     (line,) = readme_block("evaluate-predictions")
     assert main(shlex.split(line)[1:]) == 0
+
+
+def test_readme_probe_commands_run(fresh_folder):
+    """Every probe command of the README runs as printed (with --n 10: a few items), on the
+    fine-tuned classifiers the block's own fit lines make; then the report."""
+    import json
+    import shutil
+
+    stage = fresh_folder / "quickstart_out.run" / "stages" / "text"
+    shutil.copytree(fresh_folder / "quickstart_out", stage)  # stands in for the quickstart's stage 2
+    lines = readme_block("probes")
+    probes = [line for line in lines if line.startswith("flava-zoo probe ") and " report " not in line]
+    assert {shlex.split(line)[2] for line in probes} == set(__import__("flava_zoo.probes").probes.PROBES)
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        if argv[0] == "fit":
+            argv += SIZES + FIT
+        elif argv[1] != "report":
+            argv += ["--n", "10", "--quiet"]
+        assert main(argv) == 0, line
+    written = {json.loads(x)["task"] for x in (fresh_folder / "probes" / "results.jsonl").read_text().splitlines()}
+    assert written == {f"probe/{name}" for name in __import__("flava_zoo.probes").probes.PROBES}
+    assert (fresh_folder / "probes" / "report" / "report.html").stat().st_size > 10_000
