@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random-vqa", dest="random_vqa", help="VQA classifier fine-tuned from random init")
     parser.add_argument("--random-memes", dest="random_memes", help="memes-like classifier fine-tuned from random init")
     parser.add_argument("--probes", nargs="+", default=None, help="default: every probe")
+    parser.add_argument("--made-with", dest="made_with", action="append", default=[],
+                        help="a command that made the inputs (the quickstart, the fits), listed first in the table")
+    parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph for the table")
     parser.add_argument("--out", default="benchmarks/results/probes_shapes")
     parser.add_argument("--random-export", dest="random_export", default="runs/probes/random_init",
                         help="where the random-init model is written (once)")
@@ -80,8 +83,18 @@ def main(argv: list[str] | None = None) -> int:
                    classifiers={k: v for k, v in (("vqa", args.random_vqa), ("memes", args.random_memes)) if v}),
     ]
     results = run_all(models, out, args.probes)
-    command = "python benchmarks/probes_shapes.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    table = write_table(results, out.parent / f"{out.name}.md", ["quickstart", "random_init"], [command])
+    given = argv if argv is not None else sys.argv[1:]
+    shown, skip = [], False
+    for a in given:  # the table lists --made-with and --note apart, not inside the command
+        if skip:
+            skip = False
+        elif a in ("--made-with", "--note"):
+            skip = True
+        elif not a.startswith(("--made-with=", "--note=")):
+            shown.append(a)
+    command = "python benchmarks/probes_shapes.py " + " ".join(shlex.quote(a) for a in shown)
+    table = write_table(results, out.parent / f"{out.name}.md", ["quickstart", "random_init"],
+                        [*args.made_with, command], args.notes)
     from flava_zoo.probes.report import build_report
 
     report = build_report([out], out.parent / f"{out.name}.html")

@@ -201,3 +201,17 @@ def test_the_command_writes_the_page_and_warns_of_absent_figures(two_models, tmp
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "out" / "report.html")
     assert "warning: figure 'curve' of tiny <b>&amp</b> (negation)" in err and "does not exist" in err
+
+
+def test_a_probe_run_with_two_classifiers_keeps_both_rows(tmp_path):
+    results = tmp_path / "r" / "results.jsonl"
+    for task, value in (("shapes/vqa", 48.0), ("shapes/memes", 57.0)):
+        writer = ProbeWriter(results, tmp_path / "r" / "figures", "m", "src",
+                             {"pretrained": "src", "classifier": f"{task}.ckpt", "classifier_task": task})  # fmt: skip
+        writer.write("interactions", "test", {"full/accuracy": Measure(value, chance=50.0)}, 20)
+    page = build_report([tmp_path / "r"], tmp_path / "out.html").read_text()
+    table = page.split('data-probe="interactions"', 1)[1].split("</table>", 1)[0]
+    assert "<th>classifier</th>" in table
+    assert re.search(r"<td>shapes/vqa</td><td>test</td><th>full/accuracy</th>.*?48\.0", table)
+    assert re.search(r"<td>shapes/memes</td><td>test</td><th>full/accuracy</th>.*?57\.0", table)
+    assert "measured again later" not in page

@@ -118,3 +118,36 @@ def test_readme_probe_commands_run(fresh_folder):
     written = {json.loads(x)["task"] for x in (fresh_folder / "probes" / "results.jsonl").read_text().splitlines()}
     assert written == {f"probe/{name}" for name in __import__("flava_zoo.probes").probes.PROBES}
     assert (fresh_folder / "probes" / "report" / "report.html").stat().st_size > 10_000
+
+
+def test_readme_filter_commands_run(fresh_folder):
+    """The README's filter lines run as printed (the shapes one on 40 scenes), and the
+    pretraining fit reads the kept indices and the weak captions."""
+    import json
+    import shutil
+
+    from flava_zoo.data import ShapesWorld
+
+    world = ShapesWorld(sizes={"train": 10})
+    rows = []
+    for i in range(10):
+        world.image("train", i).save(fresh_folder / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "caption": world.caption("train", i)}))
+    (fresh_folder / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    # stage 2 of the recipe's chain, stood in for by the fresh folder's flava-tiny export
+    shutil.copytree(fresh_folder / "quickstart_out", fresh_folder / "runs" / "shapes_text" / "export")
+    tiny = ["--data.init_args.train_size=40", "--data.init_args.val_size=8", "--data.init_args.batch_size=4",
+            "--model.init_args.model=flava-tiny", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", *FIT]  # fmt: skip
+    for line in readme_block("filter"):
+        argv = shlex.split(line)[1:]
+        if argv[0] == "fit":
+            argv += tiny
+        elif "--shapes" in argv:
+            argv += ["--train-size", "40", "--quiet"]
+        else:
+            argv += ["--quiet"]
+        assert main(argv) == 0, line
+    assert len((fresh_folder / "pairs_kept.jsonl").read_text().splitlines()) == 7
+    assert len(json.loads((fresh_folder / "keep.json").read_text())["indices"]) == 28
+    assert (fresh_folder / "runs" / "shapes_multimodal" / "export" / "config.json").is_file()

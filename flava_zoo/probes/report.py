@@ -162,7 +162,8 @@ def _embed(figure: _Figure, problems: list[str]) -> None:
 
 def _read(results: Sequence[str | Path]) -> _Inputs:
     """Read every results file and figure list, keeping the latest record of each (model,
-    task, split, metric, unit) and the last listing of each (model, probe, figure)."""
+    task, classifier task, split, metric, unit) and the last listing of each (model, probe,
+    figure)."""
     if not results:
         raise ProbeError("--results: give at least one results file or folder")
     inputs = _Inputs()
@@ -183,7 +184,7 @@ def _read(results: Sequence[str | Path]) -> _Inputs:
         inputs.files.append(file)
         inputs.ignored += len(records) - len(probe_records)
         for r in probe_records:
-            key = (r.model, r.task, r.split, r.metric, r.unit)
+            key = (r.model, r.task, _classifier(r), r.split, r.metric, r.unit)
             if key in latest:
                 inputs.superseded += 1
                 if _moment(r) < _moment(latest[key]):
@@ -330,25 +331,34 @@ def _header(inputs: _Inputs, models: list[str]) -> str:
     )
 
 
+def _classifier(record: ResultRecord) -> str:
+    """The task of the fine-tuned classifier a probe record queried (``""``: none): a probe
+    run once per classifier (interactions on VQA and on the memes-like task) keeps both."""
+    return str(record.lineage.get("classifier_task") or "")
+
+
 def _probe_table(probe: str, records: list[ResultRecord], models: list[str]) -> str:
-    """The probe's table: rows (split, metric, unit), one column per model, then chance."""
-    values: dict[tuple[str, str, str], dict[str, ResultRecord]] = {}
-    chance: dict[tuple[str, str, str], dict[str, ResultRecord]] = {}
+    """The probe's table: rows (classifier, split, metric, unit), one column per model, then
+    chance; the classifier column only when a record of the probe queried one."""
+    values: dict[tuple[str, str, str, str], dict[str, ResultRecord]] = {}
+    chance: dict[tuple[str, str, str, str], dict[str, ResultRecord]] = {}
     for r in records:
         if r.metric.startswith(_CHANCE_PREFIX):
-            chance.setdefault((r.split, r.metric[len(_CHANCE_PREFIX) :], r.unit), {})[r.model] = r
+            chance.setdefault((_classifier(r), r.split, r.metric[len(_CHANCE_PREFIX) :], r.unit), {})[r.model] = r
         else:
-            values.setdefault((r.split, r.metric, r.unit), {})[r.model] = r
+            values.setdefault((_classifier(r), r.split, r.metric, r.unit), {})[r.model] = r
+    with_classifier = any(key[0] for key in values)
     if not values:
         return '<p class="none">No records of this probe (figures only).</p>'
     columns = [m for m in models if any(m in row for row in values.values())]
     head = "".join(f'<th class="model">{_e(m)}</th>' for m in columns)
     body = []
     for key, row in values.items():
-        split, metric, unit = key
+        clf, split, metric, unit = key
         c = chance.get(key, {})
         body.append(
-            f"<tr><td>{_e(split)}</td><th>{_e(metric)}</th><td>{_e('' if unit == '1' else unit)}</td>"
+            "<tr>" + (f"<td>{_e(clf or '–')}</td>" if with_classifier else "")
+            + f"<td>{_e(split)}</td><th>{_e(metric)}</th><td>{_e('' if unit == '1' else unit)}</td>"
             + "".join(_cell(row.get(m)) for m in columns)
             + _chance((m, c[m]) for m in columns if m in c)
             + "</tr>"
@@ -374,7 +384,9 @@ def _probe_table(probe: str, records: list[ResultRecord], models: list[str]) -> 
                 settings.append(f"<li>{_e(m)}, {_e(split)}: <code>{'; '.join(_e(h) for h in hp)}</code></li>")
     details = f"<details><summary>settings</summary><ul>{''.join(settings)}</ul></details>" if settings else ""
     return (
-        f'<table class="probe" data-probe="{_e(probe)}"><thead><tr><th>split</th><th>metric</th>'
+        f'<table class="probe" data-probe="{_e(probe)}"><thead><tr>'
+        + ("<th>classifier</th>" if with_classifier else "")
+        + "<th>split</th><th>metric</th>"
         f"<th>unit</th>{head}<th>chance</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
         f'<p class="note">{_e(note)}</p>{details}'
     )
