@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not a.startswith(("--made-with=", "--note=")):
             shown.append(a)
     command = "python benchmarks/probes_shapes.py " + " ".join(shlex.quote(a) for a in shown)
-    table = write_table(results, out.parent / f"{out.name}.md", ["quickstart", "random_init"],
+    table = write_table(results, out.parent / f"{out.name}.md", ["quickstart", "random_init", "quickstart_text_stage"],
                         [*args.made_with, command], args.notes)
     from flava_zoo.probes.report import build_report
 
