@@ -9,8 +9,9 @@ Two kinds of uncertainty, two intervals:
   ``mean +- t_{0.975, n-1} * sd / sqrt(n)`` (Student's t with ``n - 1`` degrees of freedom).
 
 :func:`welch_test` compares two groups of runs (Welch's unequal-variance t-test, two-sided)
-and :func:`paired_bootstrap` two statistics measured on the same items, so a difference is
-called significant only when it is.
+and :func:`paired_bootstrap` two statistics measured on the same items (and
+:func:`unpaired_bootstrap` two means over different item sets), so a difference is called
+significant only when it is.
 
 Hand-written on numpy and ``math``, not scipy: scipy is not a dependency of the core
 install, and the t quantile and CDF needed here are a few lines (:func:`t_quantile`,
@@ -35,6 +36,7 @@ __all__ = [
     "t_cdf",
     "t_interval",
     "t_quantile",
+    "unpaired_bootstrap",
     "welch_test",
 ]
 
@@ -151,6 +153,29 @@ def paired_bootstrap(
     diffs = (a - b)[picks].mean(axis=1)
     p = 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))
     return interval, min(1.0, max(p, 1.0 / resamples))
+
+
+def unpaired_bootstrap(
+    a: Any,
+    b: Any,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> Interval:
+    """Interval of ``mean(a) - mean(b)`` for two **independent** samples (per-item scores of
+    two different item sets, e.g. seen and held-out test items, where pairing items would
+    mean nothing). Each resample draws ``len(a)`` items of ``a`` and ``len(b)`` of ``b``
+    with replacement, independently; the interval is the percentiles of the differences of
+    the resampled means. ``n`` is ``len(a) + len(b)``."""
+    x, y = _as_items(a, "a"), _as_items(b, "b")
+    if x.ndim != 1 or y.ndim != 1:
+        raise ValueError("unpaired_bootstrap needs two 1-D samples")
+    rng = np.random.default_rng(seed)
+    da = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+    db = y[rng.integers(0, len(y), size=(resamples, len(y)))].mean(axis=1)
+    low, high = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(x.mean() - y.mean()), float(low), float(high), level, "bootstrap", len(x) + len(y), resamples)
 
 
 def t_interval(values: Sequence[float], level: float = DEFAULT_LEVEL) -> Interval:

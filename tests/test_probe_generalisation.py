@@ -16,10 +16,10 @@ from flava_zoo.evaluation.results import read_results
 from flava_zoo.evaluation.retrieval import retrieval_recall
 from flava_zoo.probes import run_probe
 from flava_zoo.probes.common import Classifier, ProbeContext, ProbeError, ProbeWriter
-from flava_zoo.probes.compositional import difference_interval, retrieval_hits, vqa_chance
+from flava_zoo.probes.compositional import retrieval_hits, vqa_chance
 from flava_zoo.probes.memorisation import memorisation_measures, memorisation_probe
 from flava_zoo.probes.winoground import read_jsonl, shapes_items, swap, winoground_scores
-from flava_zoo.stats import bootstrap_interval
+from flava_zoo.stats import bootstrap_interval, unpaired_bootstrap
 
 ONE_THREAD = True
 
@@ -48,7 +48,7 @@ def _near_chance(record, chance, n):
 
 
 # ------------------------------------------------------------------------ compositional
-def test_retrieval_hits_and_difference_interval():
+def test_retrieval_hits_and_the_unpaired_interval():
     sim = torch.randn(30, 30)
     sim[torch.arange(10), torch.arange(10)] += 10.0  # the first ten are hits at 1
     ref = retrieval_recall(sim, ks=(1, 5))
@@ -59,10 +59,10 @@ def test_retrieval_hits_and_difference_interval():
     assert retrieval_hits(sim, 1)["image_to_text"][:10].all()
     rng = np.random.default_rng(0)
     a, b = rng.random(400) < 0.7, rng.random(300) < 0.4  # a true gap of 30 points
-    iv = difference_interval(a * 100.0, b * 100.0, seed=0)
+    iv = unpaired_bootstrap(a * 100.0, b * 100.0, seed=0)
     assert iv.estimate == pytest.approx(a.mean() * 100 - b.mean() * 100)
     assert 15 < iv.low < 30 < iv.high < 45 and iv.n == 700
-    same = difference_interval(rng.random(300) < 0.5, rng.random(300) < 0.5, seed=0)
+    same = unpaired_bootstrap(rng.random(300) < 0.5, rng.random(300) < 0.5, seed=0)
     assert same.low < 0 < same.high
     assert vqa_chance(["exists", "colour"]) == pytest.approx((50 + 100 / 7) / 2)
 

@@ -83,3 +83,13 @@ def test_interval_formats_and_round_trips() -> None:
     iv = Interval(52.345, 50.0, 54.5, n=10, resamples=1000)
     assert f"{iv}" == "52.3 [50.0, 54.5]" and iv.half_width == 2.25
     assert Interval.from_dict(iv.to_dict()) == iv
+
+
+def test_unpaired_bootstrap_of_two_proportions():
+    from flava_zoo.stats import unpaired_bootstrap
+
+    a, b = np.r_[np.ones(300), np.zeros(200)], np.r_[np.ones(200), np.zeros(300)]
+    iv = unpaired_bootstrap(a, b)
+    # normal approximation: 0.2 +- 1.96 * sqrt(2 * 0.24 / 500) = +- 0.0607
+    assert iv.estimate == pytest.approx(0.2) and iv.n == 1000
+    assert iv.low == pytest.approx(0.2 - 0.0607, abs=0.012) and iv.high == pytest.approx(0.2 + 0.0607, abs=0.012)

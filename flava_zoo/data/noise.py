@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 __all__ = ["KeptPairs", "NoisyCaptions", "read_kept_indices"]
 
@@ -101,15 +101,9 @@ def read_kept_indices(path: str | Path, size: int) -> list[int]:
     return list(indices)
 
 
-class KeptPairs(Dataset):
-    """The items of ``dataset`` at ``indices`` (a filter's choice), in that order."""
+class KeptPairs(Subset):
+    """The items of ``dataset`` at ``indices`` (a filter's choice), in that order: torch's
+    :class:`~torch.utils.data.Subset`, named for what it holds."""
 
     def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
-        self.dataset = dataset
-        self.indices = list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[self.indices[index]]
+        super().__init__(dataset, list(indices))

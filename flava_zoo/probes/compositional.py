@@ -42,14 +42,13 @@ import torch
 
 from ..data.shapes import ShapesClassification, ShapesPairs, ShapesVQA, ShapesWorld
 from ..downstream.zero_shot import class_embeddings
-from ..stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, bootstrap_interval
+from ..stats import bootstrap_interval, unpaired_bootstrap
 from .common import Measure, ProbeContext, ProbeError, batched, pyplot
 
 __all__ = [
     "SPLITS",
     "VQA_TASKS",
     "add_arguments",
-    "difference_interval",
     "retrieval_hits",
     "run",
     "vqa_chance",
@@ -82,32 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="retrieval,classification,vqa",
         help="comma-separated parts: retrieval, classification, vqa (vqa runs only with --classifier)",
     )
-
-
-def difference_interval(
-    a: Any,
-    b: Any,
-    *,
-    resamples: int = DEFAULT_RESAMPLES,
-    level: float = DEFAULT_LEVEL,
-    seed: int = 0,
-) -> Interval:
-    """Interval of ``mean(a) - mean(b)`` for two **independent** samples (per-item scores of
-    two different item sets, e.g. seen and held-out test items).
-
-    Each resample draws ``len(a)`` items of ``a`` and ``len(b)`` items of ``b`` with
-    replacement, independently; the interval is the percentiles of the differences of the
-    resampled means (the percentile bootstrap). Hand-written because
-    :mod:`flava_zoo.stats` has only the one-sample and the paired bootstrap, and pairing
-    items of two different splits would be meaningless."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.ndim != 1 or y.ndim != 1 or len(x) == 0 or len(y) == 0:
-        raise ValueError("difference_interval needs two non-empty 1-D samples")
-    rng = np.random.default_rng(seed)
-    da = x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
-    db = y[rng.integers(0, len(y), size=(resamples, len(y)))].mean(axis=1)
-    low, high = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(x.mean() - y.mean()), float(low), float(high), level, "bootstrap", len(x) + len(y), resamples)
 
 
 def retrieval_hits(similarity: torch.Tensor, k: int) -> dict[str, np.ndarray]:
@@ -255,7 +228,7 @@ def run(ctx: ProbeContext, args: argparse.Namespace) -> list[Any]:
     gaps = {
         f"gap/{name}": Measure(
             float(seen.mean() - per_split[SPLITS[1]][name][1].mean()),
-            difference_interval(seen, per_split[SPLITS[1]][name][1], seed=ctx.seed),
+            unpaired_bootstrap(seen, per_split[SPLITS[1]][name][1], seed=ctx.seed),
             chance=0.0,
         )
         for name, (_, seen) in per_split[SPLITS[0]].items()
