@@ -7,7 +7,10 @@ is kept (``round(keep * n)`` pairs, ties kept in file order). Two kinds of input
 * ``--manifest FILE`` (JSONL, CSV or TSV, read as :class:`~flava_zoo.data.sources.PairManifest`
   reads it; each row scored with its first caption): ``--out`` is a manifest of the same
   format holding the kept rows, unchanged and in file order, which every data module that
-  reads manifests reads. Rows the reader cannot decode are dropped and counted.
+  reads manifests reads. Rows whose bytes are not UTF-8 are dropped and counted; a row that
+  is not valid JSON, lacks a field or a caption, or names an image that cannot be read stops
+  the filter with an error naming the file and line (a filter that silently scored fewer
+  rows would keep a different share of the manifest than asked).
 * ``--shapes``: the shapes world's training pairs with ``--caption-noise`` of them made weak
   (:class:`~flava_zoo.data.noise.NoisyCaptions`): ``--out`` is a JSON file of the kept
   scene indices, the pretraining data module's ``keep`` argument. It reports how many of the
@@ -129,17 +132,17 @@ def filter_manifest(model: Any, manifest: str | Path, keep: float, out: str | Pa
     table = PairManifest(manifest, image_root=image_root, captions="first", **reader)
     rows = [i for i in range(len(table._images)) if i not in table._bad]
 
-    def loader(path: Path) -> Any:
+    def loader(path: Path, line: int) -> Any:
         def load() -> Any:
             try:
                 with Image.open(path) as im:
                     return im.convert("RGB")
             except (OSError, ValueError) as e:
-                raise FilterError(f"{manifest}: image {path}: {e}") from None
+                raise FilterError(f"{manifest}:{line}: image {path} cannot be read: {e}") from None
 
         return load
 
-    images = [loader(table.image_root / table._images[i]) for i in rows]
+    images = [loader(table.image_root / table._images[i], table._lines[i]) for i in rows]
     texts = [table._captions[i][0] for i in rows]
     for i, text in zip(rows, texts):
         if not text:

@@ -95,6 +95,9 @@ def test_filter_refuses_bad_settings(tmp_path, random_export, capsys):
     assert "must have the manifest's extension .jsonl" in capsys.readouterr().err
     assert main([*base, "--keep", "0.5", "--out", str(manifest)]) == 1
     assert "is the input manifest" in capsys.readouterr().err
+    (manifest.parent / "1.png").unlink()
+    assert main([*base, "--keep", "0.5", "--out", str(tmp_path / "k.jsonl")]) == 1
+    assert f"{manifest}:2: image {manifest.parent / '1.png'} cannot be read" in capsys.readouterr().err
 
 
 def test_filter_on_the_shapes_world_feeds_the_pretraining_data(tmp_path, random_export, capsys):
@@ -110,6 +113,9 @@ def test_filter_on_the_shapes_world_feeds_the_pretraining_data(tmp_path, random_
     assert read_kept_indices(out, 40) == summary["indices"]
     with pytest.raises(ValueError, match="written for 40 training scenes"):
         read_kept_indices(out, 50)
+    with pytest.raises(ValueError, match="written for caption_noise=0.25, the data has caption_noise=0.1"):
+        ShapesPretrainData(stage="multimodal", train_size=40, val_size=8, caption_noise=0.1, keep=str(out),
+                           tokenizer=str(random_export)).dataset("train")  # fmt: skip
     data = ShapesPretrainData(stage="multimodal", train_size=40, val_size=8, caption_noise=0.25, keep=str(out),
                               tokenizer=str(random_export))  # fmt: skip
     train = data.dataset("train")

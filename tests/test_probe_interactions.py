@@ -274,3 +274,19 @@ def test_clear_errors_for_a_wrong_classifier_and_too_few_items(tmp_path):
     with pytest.raises(ProbeError, match="at least 2 items"):
         I.measure(lambda ims, txs: torch.zeros(len(ims), 2), [_solid(1, 0)], ["plus"], [1])
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_late_fusion_classifier_runs_without_the_tower_cache(shapes_tokenizer):
+    from flava_zoo.downstream import FinetuneModule
+    from flava_zoo.transforms import image_transform
+
+    def wrap(module):
+        return Classifier(forward=module.forward, tokenizer=shapes_tokenizer, transform=image_transform(64),
+                          label_names=["false", "true"], task="shapes/memes")  # fmt: skip
+
+    size = {"text__vocab_size": shapes_tokenizer.vocab_size}
+    fused = FinetuneModule(model="flava-tiny", model_overrides=size, inputs="multimodal", num_classes=2)
+    late = FinetuneModule(model="flava-tiny", model_overrides=size, inputs="multimodal", num_classes=2,
+                          late_fusion=True, head_hidden=16)  # fmt: skip
+    assert I._fused_module(wrap(fused)) is fused.eval()
+    assert I._fused_module(wrap(late.eval())) is None  # its head reads [u; v; u*v], not the fusion token

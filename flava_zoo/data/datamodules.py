@@ -186,7 +186,11 @@ class ShapesPretrainData(L.LightningDataModule):
             world = self.world
             pairs = NoisyCaptions(pairs, hp.caption_noise, hp.noise_seed, text_of=lambda j: world.caption("train", j))
         if hp.keep:
-            pairs = KeptPairs(pairs, read_kept_indices(hp.keep, self.world.split_size("train")))
+            kept = read_kept_indices(
+                hp.keep, self.world.split_size("train"),
+                caption_noise=hp.caption_noise, noise_seed=hp.noise_seed, world_seed=hp.seed,
+            )
+            pairs = KeptPairs(pairs, kept)
         return pairs
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 __all__ = ["KeptPairs", "NoisyCaptions", "read_kept_indices"]
 
@@ -78,9 +78,12 @@ class NoisyCaptions(Dataset):
         return item
 
 
-def read_kept_indices(path: str | Path, size: int) -> list[int]:
+def read_kept_indices(path: str | Path, size: int, **settings: Any) -> list[int]:
     """The scene indices of a ``flava-zoo filter --shapes`` output (``{"indices": [...]}``),
-    checked: integers in ``[0, size)``, no repeats; errors name the file."""
+    checked: integers in ``[0, size)``, no repeats, written for ``size`` training scenes and
+    for the data's ``settings`` (``caption_noise``, ``noise_seed``, ``world_seed``: the
+    filter scored those pairs; other ones would train on a selection made for other data).
+    Errors name the file and the field."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -98,12 +101,29 @@ def read_kept_indices(path: str | Path, size: int) -> list[int]:
         raise ValueError(f"{path}: 'indices' repeats a scene")
     if isinstance(data.get("train_size"), int) and data["train_size"] != size:
         raise ValueError(f"{path} was written for {data['train_size']} training scenes, the data has {size}")
+    for name, value in settings.items():
+        if name in data and data[name] != value:
+            raise ValueError(
+                f"{path} was written for {name}={data[name]!r}, the data has {name}={value!r}: "
+                "filter the same pairs the data trains on"
+            )
     return list(indices)
 
 
-class KeptPairs(Subset):
-    """The items of ``dataset`` at ``indices`` (a filter's choice), in that order: torch's
-    :class:`~torch.utils.data.Subset`, named for what it holds."""
+class KeptPairs(Dataset):
+    """The items of ``dataset`` at ``indices`` (a filter's choice), in that order.
+
+    Hand-written rather than :class:`torch.utils.data.Subset`: that class defines
+    ``__getitems__``, which the data loader calls with the resumable sampler's keys
+    (:mod:`flava_zoo.data.resume`, not plain integers) and which does not pass them to the
+    wrapped dataset's ``__getitem__``."""
 
     def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
-        super().__init__(dataset, list(indices))
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.dataset[self.indices[index]]

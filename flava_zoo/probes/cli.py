@@ -52,8 +52,9 @@ def _context(args: argparse.Namespace) -> ProbeContext:
         warnings.filterwarnings("ignore", message=".*is an architecture name.*")
         try:
             model = load_inference_model(args.model, device=args.device, tokenizer=args.tokenizer)
-        except (InferenceError, FileNotFoundError) as e:
-            raise ProbeError(f"--model {args.model}: {e}") from None
+        except (InferenceError, FileNotFoundError, ValueError) as e:
+            missing = "" if Path(str(args.model)).exists() or "/" not in str(args.model) else " (no such folder or file)"
+            raise ProbeError(f"--model {args.model}{missing}: {e}") from None
     classifier = load_classifier(args.classifier, args.device) if args.classifier else None
     world = ShapesWorld(seed=int(args.world_seed), image_size=model.model.config.image.image_size)
     out = Path(args.out)
@@ -92,22 +93,34 @@ def run_parsed(name: str, args: argparse.Namespace) -> list[Any]:
     return probe_module(name).run(ctx, args)
 
 
+def _number(value: float, unit: str) -> str:
+    """A value as the tables show it: one decimal in percent, else three significant digits."""
+    return f"{value:.1f}" if unit == "%" else f"{value:.3g}"
+
+
 def _print_records(records: Sequence[Any]) -> None:
+    """The records as a table on stdout: model (when more than one), split, metric, value,
+    its 95% interval, chance and unit, in the interval's own precision."""
     chance = {
-        (r.task, r.split, r.metric[len("chance/") :]): r.value for r in records if r.metric.startswith("chance/")
+        (r.model, r.task, r.split, r.metric[len("chance/") :]): r.value for r in records if r.metric.startswith("chance/")
     }
     rows = [r for r in records if not r.metric.startswith("chance/")]
     if not rows:
         return
+    many = len({r.model for r in rows}) > 1
+    model_w = max(len(r.model) for r in rows) if many else 0
+    split_w = max(5, max(len(r.split) for r in rows))
     width = max(len(r.metric) for r in rows)
-    print(f"{'split':<12} {'metric':<{width}} {'value':>8} {'95% interval':>18} {'chance':>8}  unit")
+    head = f"{'model':<{model_w}} " if many else ""
+    print(f"{head}{'split':<{split_w}} {'metric':<{width}} {'value':>9} {'95% interval':>20} {'chance':>8}  unit")
     for r in rows:
         iv = r.interval
-        span = f"[{iv['low']:.1f}, {iv['high']:.1f}]" if iv else ""
-        c = chance.get((r.task, r.split, r.metric))
+        span = f"[{_number(iv['low'], r.unit)}, {_number(iv['high'], r.unit)}]" if iv else ""
+        c = chance.get((r.model, r.task, r.split, r.metric))
+        model = f"{r.model:<{model_w}} " if many else ""
         print(
-            f"{r.split:<12} {r.metric:<{width}} {r.value:>8.2f} {span:>18} "
-            f"{'' if c is None else f'{c:.1f}':>8}  {r.unit}"
+            f"{model}{r.split:<{split_w}} {r.metric:<{width}} {_number(r.value, r.unit):>9} {span:>20} "
+            f"{'' if c is None else _number(c, r.unit):>8}  {r.unit}"
         )
 
 

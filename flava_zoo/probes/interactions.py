@@ -215,13 +215,15 @@ def logit_grid(score_fn: ScoreFn, images: Sequence[Any], texts: Sequence[str], b
 
 def _fused_module(clf: Classifier) -> Any:
     """The :class:`~flava_zoo.downstream.FinetuneModule` behind ``clf`` when it is a
-    fusion-encoder classifier (its towers can run once per item), else ``None``."""
+    fusion-encoder classifier (its towers can run once per item), else ``None`` (a
+    late-fusion head reads the two embeddings, not the fusion encoder: it runs as given)."""
     modules = sys.modules.get("flava_zoo.downstream.modules")  # loaded if clf is one: no import
     owner = getattr(clf.forward, "__self__", None)
     if (
         modules is not None
         and isinstance(owner, modules.FinetuneModule)
         and owner.hparams.get("inputs") == "multimodal"
+        and not owner.hparams.get("late_fusion")
         and owner.head is not None
         and owner.model.fusion_encoder is not None
     ):
