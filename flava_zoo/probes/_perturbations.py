@@ -62,6 +62,24 @@ def scene_count(ctx: ProbeContext, split: str, n: int, probe: str) -> int:
     return n
 
 
+def vqa_items(ctx: ProbeContext, args: Any, probe: str, default_n: int = 300) -> tuple[Classifier, str, Any, int, Any]:
+    """What the VQA perturbation probes start from: the shapes-VQA classifier, the split
+    (``--split``), its :class:`~flava_zoo.data.shapes.ShapesVQA`, the number of scenes and
+    the probe's seeded generator."""
+    import random
+
+    from ..data.shapes import ShapesVQA
+
+    clf = ctx.need_classifier(probe, ["shapes/vqa"])
+    split = str(getattr(args, "split", "test") or "test")
+    try:
+        vqa = ShapesVQA(ctx.world, split)
+    except ValueError as e:
+        raise ProbeError(f"--split: {e}") from None
+    n = scene_count(ctx, split, ctx.items(default_n), probe)
+    return clf, split, vqa, n, random.Random(f"{probe}/{ctx.seed}")
+
+
 def bar_figure(ctx: ProbeContext, probe: str, name: str, measures: Mapping[str, Measure], caption: str, ylabel: str = "%") -> None:
     """One bar per measure (value, 95% interval as an error bar, its chance level as a short
     dashed line over the bar), saved through ``ctx.writer.figure``."""

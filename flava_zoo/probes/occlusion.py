@@ -40,15 +40,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 from typing import Any
 
 import numpy as np
 
 from ..evaluation.results import ResultRecord
 from . import PROBES
-from ._perturbations import bar_figure, classify, rate, scene_count
-from .common import ProbeContext, ProbeError
+from ._perturbations import bar_figure, classify, rate, vqa_items
+from .common import ProbeContext
 
 __all__ = ["QUESTION_TYPES", "SUMMARY", "add_arguments", "answers_per_type", "hide", "run", "targets_and_distractors"]
 
@@ -92,16 +91,7 @@ def answers_per_type(world: Any) -> dict[str, int]:
 def run(ctx: ProbeContext, args: argparse.Namespace) -> list[ResultRecord]:
     """Ask each item's question of the scene, the target-hidden and the distractor-hidden
     scene; write the rates per question type and the evidence-use figure."""
-    from ..data.shapes import ShapesVQA
-
-    clf = ctx.need_classifier("occlusion", ["shapes/vqa"])
-    split = str(getattr(args, "split", "test") or "test")
-    try:
-        vqa = ShapesVQA(ctx.world, split)
-    except ValueError as e:
-        raise ProbeError(f"--split: {e}") from None
-    n = scene_count(ctx, split, ctx.items(300), "occlusion")
-    rng = random.Random(f"occlusion/{ctx.seed}")
+    clf, split, vqa, n, rng = vqa_items(ctx, args, "occlusion")
     world = ctx.world
     items: list[dict[str, Any]] = []
     images: list[Any] = []

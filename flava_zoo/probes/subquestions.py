@@ -29,15 +29,14 @@ classifier calls per item: seconds for flava-tiny at the default 300 items.
 from __future__ import annotations
 
 import argparse
-import random
 from typing import Any
 
 import numpy as np
 
 from ..evaluation.results import ResultRecord
 from . import PROBES
-from ._perturbations import bar_figure, classify, rate, scene_count
-from .common import ProbeContext, ProbeError
+from ._perturbations import bar_figure, classify, rate, vqa_items
+from .common import ProbeContext
 from .occlusion import answers_per_type
 
 __all__ = ["RULES", "SUMMARY", "add_arguments", "run"]
@@ -68,16 +67,7 @@ def _rows(pairs: list[dict[str, Any]], main_ok: np.ndarray, sub_ok: np.ndarray, 
 def run(ctx: ProbeContext, args: argparse.Namespace) -> list[ResultRecord]:
     """Ask each scene's drawn main question and its sub-question; write accuracies and
     consistency, overall and per rule, and their figure."""
-    from ..data.shapes import ShapesVQA
-
-    clf = ctx.need_classifier("subquestions", ["shapes/vqa"])
-    split = str(getattr(args, "split", "test") or "test")
-    try:
-        vqa = ShapesVQA(ctx.world, split)
-    except ValueError as e:
-        raise ProbeError(f"--split: {e}") from None
-    n = scene_count(ctx, split, ctx.items(300), "subquestions")
-    rng = random.Random(f"subquestions/{ctx.seed}")
+    clf, split, vqa, n, rng = vqa_items(ctx, args, "subquestions")
     pairs, images = [], []
     for i in range(n):
         found = vqa.entailed_pairs(i)  # never empty: every object gives a size=>exists pair
