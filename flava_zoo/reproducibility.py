@@ -16,7 +16,9 @@ the user set is kept. Results still differ between thread counts (a sum split ov
 threads is added in another order) and between machines, and two full runs of the 0.2
 quickstart recipe on one machine (same arguments, 2 threads) agreed at step 80 of the
 multimodal stage but not at step 120: another operation adds in a varying order there, not
-found yet. Short runs repeat exactly (tests/test_reproducibility.py).
+found yet. Short runs with ``--deterministic true`` repeat exactly
+(tests/test_reproducibility.py); without it they usually do, not always (one of three CI
+runs on 2026-12-02 wrote different weights from two default 6-step runs).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ fusion encoder: as much R@1 per step, 0.65 of the step's time), and the fused te
 MMM, with the masked tower passes they need) train on every second step, the contrastive
 loss on every step (``fused_every=2``: somewhat less per step at 0.69 of the time, about as
 much or more per second; on every fourth step it learned clearly less). A higher stage-3 rate (2e-3 with AdamW beta2 0.98 and a
-longer warm-up) did not learn faster. Short runs are reproducible (the same arguments and
-thread count on one machine write the same bytes, :mod:`flava_zoo.reproducibility`); two
-full runs of the 0.2 recipe still drifted apart: equal R@1 at multimodal step 80, not at 120.
+longer warm-up) did not learn faster. Short runs with ``--deterministic true`` are
+reproducible (the same arguments and thread count on one machine write the same bytes,
+:mod:`flava_zoo.reproducibility`); without it they usually are, not always; two full runs
+of the 0.2 recipe drifted apart: equal R@1 at multimodal step 80, not at 120.
 
 Output layout, for ``--output DIR``:
 
@@ -185,8 +186,9 @@ def run(
 
     The metrics (recall and chance) are in percent; ``metrics["unit"]`` is ``"%"``. BLAS sums
     are made alignment-independent first (:func:`~flava_zoo.reproducibility.reproducible_blas`),
-    so short runs with the same arguments and thread count repeat exactly; long ones can
-    still drift (see the module docstring). That works only before the process's first
+    so short runs with the same arguments and thread count and ``deterministic`` repeat
+    exactly (without it they usually do, not always); long ones can still drift (see the
+    module docstring). That works only before the process's first
     matrix product; ``metrics["mkl_cbwr"]`` is the environment's setting, not proof MKL
     took it.
 
@@ -213,8 +215,8 @@ def run(
             seconds (the evaluations' own time left out).
         threads: torch's intra-op threads (default: torch's own choice, the machine's cores).
         deterministic: also make torch use deterministic algorithms only (Lightning's
-            ``Trainer(deterministic=True)``); short CPU runs repeat exactly without it, long
-            ones can drift (see the module docstring).
+            ``Trainer(deterministic=True)``); short CPU runs repeat exactly with it (without
+            it they usually do, not always), long ones can drift (see the module docstring).
         progress: show progress bars.
     """
     settings = dict(locals())  # the arguments, first thing: the command of the model card
