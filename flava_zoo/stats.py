@@ -147,10 +147,13 @@ def paired_bootstrap(
     a, b = _as_items(a, "a"), _as_items(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must score the same items, got shapes {a.shape} and {b.shape}")
-    interval = bootstrap_interval(a - b, resamples=resamples, level=level, seed=seed)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    d = a - b
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(a), size=(resamples, len(a)))
-    diffs = (a - b)[picks].mean(axis=1)
+    diffs = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    interval = Interval(float(d.mean()), float(low), float(high), level, "bootstrap", len(d), resamples)
     p = 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))
     return interval, min(1.0, max(p, 1.0 / resamples))
 

@@ -66,6 +66,7 @@ def run_all(
 
     out = Path(out)
     results = out / "results.jsonl"
+    done = _done(results)
     for probe in probes or list_probes():
         for m in models:
             for choices in CLASSIFIER_TASKS.get(probe, ((None,),)):
@@ -75,7 +76,7 @@ def run_all(
                     continue
                 clf = m.classifiers[task] if task else None
                 key = (m.label, f"probe/{probe}", str(Path(clf).resolve()) if clf else "")
-                if key in _done(results):
+                if key in done:
                     log(f"{probe} on {m.label}{f' ({task})' if task else ''}: in {results} already")
                     continue
                 start = time.perf_counter()
@@ -83,6 +84,7 @@ def run_all(
                     probe, model=m.model, tokenizer=m.tokenizer, classifier=clf, label=m.label,
                     out=str(out), **{**dict((options or {}).get(probe, {})), **m.options.get(probe, {})},
                 )
+                done.add(key)
                 log(f"{probe} on {m.label}{f' ({task})' if task else ''}: {len(records)} records "
                     f"in {time.perf_counter() - start:.0f} s")
     return results
@@ -92,12 +94,12 @@ def _cell(record: ResultRecord | None) -> str:
     if record is None:
         return "–"
     iv = record.interval
-    unit = "" if record.unit == "%" else f" {record.unit}" if record.unit != "1" else ""
+    unit = "" if record.unit in ("%", "1") else f" {record.unit}"
+    digits = 1 if record.unit == "%" else 3
+    text = f"{record.value:.{digits}f}"
     if iv and iv.get("method") != "none":
-        return f"{record.value:.1f} [{iv['low']:.1f}, {iv['high']:.1f}]{unit}" if record.unit == "%" else (
-            f"{record.value:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]{unit}"
-        )
-    return f"{record.value:.1f}{unit}" if record.unit == "%" else f"{record.value:.3f}{unit}"
+        text += f" [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
+    return text + unit
 
 
 def _classifier_task(record: ResultRecord) -> str:
