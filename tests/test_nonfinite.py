@@ -152,9 +152,9 @@ def test_an_update_that_overflows_the_optimizer_state_stops_before_it_is_saved(t
 
 
 def test_a_huge_learning_rate_stops_with_finite_checkpoints_and_the_advice_recovers(tmp_path):
-    """The issue's run: lr=100 makes the gradients overflow after one update. Every further
-    update is skipped until the run stops; no checkpoint holds a non-finite tensor. Resuming
-    at a lower rate skips again (the weights of step 1 are too far off), and the message's
+    """The issue's run: lr=100 makes the gradients overflow after an update or a few. Every
+    further update is skipped until the run stops; no checkpoint holds a non-finite tensor.
+    Resuming at a lower rate skips again (the weights where the skips began are too far off), and the message's
     second advice, a fresh start at a lower rate, trains."""
     args = pretrain_args(tmp_path, 20, "--model.init_args.lr=100")
     # the first overflowing update depends on the CPU's kernels (step 1 on AVX2, step 3 with
