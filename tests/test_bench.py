@@ -207,8 +207,22 @@ def test_keys_share_unimodal_stages_and_follow_the_spec(tmp_path):
 
 def test_shipped_suites_parse():
     shapes = load_suite(SUITES / "shapes.yaml")
-    assert {m.name for m in shapes.models} == {"merged", "co_attention", "none", "merged_no_unimodal", "merged_no_itm_mmm",
-                                               "random_init"}  # fmt: skip
+    assert [m.name for m in shapes.models] == [
+        "merged", "co_attention", "none", "merged_late_fusion", "merged_no_unimodal", "merged_contrastive",
+        "merged_itm", "merged_full", "frozen_text", "text_stage", "noisy", "noisy_filtered", "random_init"]  # fmt: skip
+    m = {x.name: x for x in shapes.models}
+    # the late-fusion row reuses merged's pretraining, but is a model of its own
+    assert m["merged_late_fusion"].pretrain.final.key == m["merged"].pretrain.final.key
+    assert m["merged_late_fusion"].key != m["merged"].key and m["none"].late_fusion
+    # every pretrained model but the one without unimodal stages shares merged's text stage
+    text_key = m["merged"].pretrain.stages[1].key
+    shared = [x.name for x in shapes.models if x.pretrain and any(s.key == text_key for s in x.pretrain.stages)]
+    assert set(shared) == {x.name for x in shapes.models if x.pretrain} - {"merged_no_unimodal"}
+    assert m["text_stage"].tasks == ("caption_entailment",) and m["text_stage"].pretrain.final.stage == "text"
+    assert m["noisy_filtered"].pretrain.final.filter.by_stage.key == m["noisy"].pretrain.final.key
+    assert "--data.init_args.caption_noise=0.3" in m["noisy_filtered"].pretrain.final.args
+    assert "--model.init_args.freeze=[text]" in m["frozen_text"].pretrain.final.args
+    assert m["merged_full"].pretrain.final.loss_weights["mim"] == m["merged_full"].pretrain.final.loss_weights["mlm"] == 1
     assert shapes.groups == ["vision", "language", "multimodal"]
     paper = load_suite(SUITES / "flava-paper.yaml", data_root="/nonexistent")
     assert paper.groups == ["vision", "language", "multimodal"]

@@ -102,12 +102,14 @@ class Job:
     """Training samples a stage sees (steps x batch size): its samples/s."""
     reference: str | None = None
     """The model the job trains or evaluates (what its parameters are counted on)."""
+    filter: list[str] | None = None
+    """``flava-zoo filter`` arguments run before the commands (a filtered stage's pairs)."""
 
     def payload(self, threads: int, verbose: bool) -> dict[str, Any]:
         """What :func:`execute` needs (plain data: it crosses to worker processes)."""
         return {"commands": self.commands, "folder": str(self.folder), "threads": threads,
                 "verbose": verbose, "marker": self.kind == "stage", "probe": self.probe,
-                "reference": self.reference}  # fmt: skip
+                "reference": self.reference, "filter": self.filter}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -220,7 +222,30 @@ def stage_commands(suite: Suite, stage: StageSpec) -> list[list[str]]:
         args.append(f"--model.init_args.model_overrides={json.dumps(stage.model_overrides, sort_keys=True)}")
     if stage.loss_weights is not None:
         args.append(f"--model.init_args.loss_weights={json.dumps(stage.loss_weights, sort_keys=True)}")
+    if stage.filter is not None:
+        args.append(f"--data.init_args.keep={filter_output(suite, stage)}")
     return [args + list(stage.args)]
+
+
+def filter_output(suite: Suite, stage: StageSpec) -> Path:
+    """Where a filtered stage's kept scene indices go: ``keep.json`` in its folder."""
+    return (stage_folder(suite, stage) / "keep.json").resolve()
+
+
+def filter_arguments(suite: Suite, stage: StageSpec) -> list[str]:
+    """``flava-zoo filter --shapes`` on the pairs the stage reads (the world seed, train size,
+    caption noise and noise seed of its recipe and arguments), scored by the final export of
+    the filter's ``by`` model."""
+    assert stage.filter is not None
+
+    def data(name: str, default: Any) -> Any:
+        value = recipe_value(stage.recipe_text, f"data.init_args.{name}", stage.args)
+        return default if value is None else value
+
+    by = (stage_folder(suite, stage.filter.by_stage) / "export").resolve()
+    return ["--model", str(by), "--shapes", "--keep", str(stage.filter.keep), "--out", str(filter_output(suite, stage)),
+            "--caption-noise", str(data("caption_noise", 0.0)), "--noise-seed", str(data("noise_seed", 0)),
+            "--train-size", str(data("train_size", 20_000)), "--world-seed", str(data("seed", 0))]  # fmt: skip
 
 
 def cell_folder(suite: Suite, model: ModelSpec, task: TaskSpec) -> Path:
@@ -268,6 +293,8 @@ def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[s
     ]  # fmt: skip
     if model.overrides:
         common.append(f"--model.init_args.model_overrides={json.dumps(model.overrides, sort_keys=True)}")
+    if model.late_fusion and task.group == "multimodal" and task.mode == "fit_test":
+        common.append("--model.init_args.late_fusion=true")
     if task.mode == "test":
         return [["test", *common, *task.overrides]]
     if not _single_checkpoint_callback(task.recipe_text):
@@ -322,6 +349,8 @@ def plan(suite: Suite) -> Plan:
     for model in suite.seeded_models():
         seed = model.seed or 0
         for task in ordered:
+            if not model.runs(task.name):
+                continue
             key = keys[(model.name, task.name, seed)]
             cell = (model.name, task.name, seed)
             if (model.name, task.name, key) in done:
@@ -337,18 +366,7 @@ def plan(suite: Suite) -> Plan:
                 continue
             deps = []
             if model.pretrain is not None:
-                for stage in model.pretrain.stages:
-                    if stage.key not in stage_jobs and not stage_done(suite, stage):
-                        stage_jobs[stage.key] = Job(
-                            kind="stage", key=stage.key, label=f"pretrain {model.name}: {stage.label}",
-                            folder=stage_folder(suite, stage), commands=stage_commands(suite, stage),
-                            deps=[stage.previous.key] if stage.previous is not None else [],
-                            model=model.name, stage=stage.stage, seed=model.seed,
-                            samples=stage.steps * stage.batch_size,
-                            reference=str((stage_folder(suite, stage) / "export").resolve()),
-                        )  # fmt: skip
-                    if stage.key in stage_jobs:
-                        deps = [stage.key]
+                deps = _stage_jobs(suite, model.name, model.seed, model.pretrain.stages, stage_jobs)
             if task.probe is not None:
                 job = _probe_job(suite, model, task, key, deps, cell_jobs, skipped)
                 if job is not None:
@@ -369,6 +387,29 @@ def plan(suite: Suite) -> Plan:
     for job in stages:
         job.deps = [d for d in job.deps if d in stage_jobs]
     return Plan(stages + list(cell_jobs.values()), finished, skipped, keys)
+
+
+def _stage_jobs(suite: Suite, name: str, seed: int | None, stages: Sequence[StageSpec],
+                stage_jobs: dict[str, Job]) -> list[str]:  # fmt: skip
+    """Add the unfinished ``stages`` (and those of the models their filters use) to
+    ``stage_jobs``; return the dependency a cell of the last stage waits for."""
+    deps: list[str] = []
+    for stage in stages:
+        filter_deps: list[str] = []
+        if stage.filter is not None:
+            filter_deps = _stage_jobs(suite, stage.filter.by, seed, stage.filter.chain(), stage_jobs)
+        if stage.key not in stage_jobs and not stage_done(suite, stage):
+            stage_jobs[stage.key] = Job(
+                kind="stage", key=stage.key, label=f"pretrain {name}: {stage.label}",
+                folder=stage_folder(suite, stage), commands=stage_commands(suite, stage),
+                deps=([stage.previous.key] if stage.previous is not None else []) + filter_deps,
+                model=name, stage=stage.stage, seed=seed, samples=stage.steps * stage.batch_size,
+                reference=str((stage_folder(suite, stage) / "export").resolve()),
+                filter=filter_arguments(suite, stage) if stage.filter is not None else None,
+            )  # fmt: skip
+        if stage.key in stage_jobs:
+            deps = [stage.key]
+    return deps
 
 
 def _probe_job(suite: Suite, model: ModelSpec, task: TaskSpec, key: str, deps: list[str],
@@ -452,6 +493,13 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
         try:
+            if payload.get("filter"):
+                from ..filtering import main as filter_main
+
+                print("+ flava-zoo filter " + " ".join(payload["filter"]), flush=True)
+                code = filter_main(list(payload["filter"]))
+                if code:
+                    raise RuntimeError(f"flava-zoo filter exited with status {code}")
             for argv in payload["commands"]:
                 print("+ flava-zoo " + " ".join(argv), flush=True)
                 code = run_lightning(list(argv))

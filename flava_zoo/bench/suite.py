@@ -70,6 +70,7 @@ from .. import shipped
 from ..evaluation.results import config_hash
 
 __all__ = [
+    "FilterSpec",
     "GROUPS",
     "MODES",
     "STAGES",
@@ -120,14 +121,19 @@ class StageSpec:
     previous: StageSpec | None
     seed: int | None = None
     """The run's seed (``--seed_everything``); ``None`` in a suite without ``seeds``."""
+    filter: FilterSpec | None = None
+    """Train on the pairs another model's contrastive score keeps (``flava-zoo filter``)."""
 
     @property
     def key(self) -> str:
-        """Hash of the stage and of every stage before it (and of the seed, when seeded)."""
+        """Hash of the stage and of every stage before it (and of the seed, when seeded; and
+        of the filter and the model it uses, when filtered)."""
         seeded = {} if self.seed is None else {"seed": self.seed}
+        filtered = {} if self.filter is None else {"filter": {"by": self.filter.by_stage.key, "keep": self.filter.keep}}
         return config_hash(
             {
                 **seeded,
+                **filtered,
                 "stage": self.stage,
                 "recipe": _digest(self.recipe_text),
                 "steps": self.steps,
@@ -148,7 +154,34 @@ class StageSpec:
     def with_seed(self, seed: int | None) -> StageSpec:
         """This stage and the stages before it, run with ``seed``."""
         previous = self.previous.with_seed(seed) if self.previous is not None else None
-        return dataclasses.replace(self, seed=seed, previous=previous)
+        filter_ = None if self.filter is None else self.filter.with_seed(seed)
+        return dataclasses.replace(self, seed=seed, previous=previous, filter=filter_)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSpec:
+    """``pretrain.filter: {by: MODEL, keep: SHARE}``: before the multimodal stage, the final
+    export of the suite model ``by`` (same seed) scores the stage's training pairs by the
+    cosine of its contrastive embeddings, and the stage trains on the best ``keep`` share
+    (:func:`flava_zoo.filtering.filter_shapes`, LAION-style filtering). The pairs scored are
+    the ones the stage reads: its world seed, train size, caption noise and noise seed."""
+
+    by: str
+    by_stage: StageSpec
+    keep: float
+
+    def with_seed(self, seed: int | None) -> FilterSpec:
+        """The filter with the ``by`` model run with ``seed``."""
+        return dataclasses.replace(self, by_stage=self.by_stage.with_seed(seed))
+
+    def chain(self) -> list[StageSpec]:
+        """The ``by`` model's stages, first to last (the filter needs the last one's export)."""
+        out: list[StageSpec] = []
+        node: StageSpec | None = self.by_stage
+        while node is not None:
+            out.insert(0, node)
+            node = node.previous
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +220,17 @@ class ModelSpec:
     ``flava-zoo quickstart``); its cells are skipped, not failed, while one is missing."""
     seed: int | None = None
     """The seed this instance runs with (:meth:`with_seed`); ``None``: the suite has no seeds."""
+    late_fusion: bool = False
+    """Fine-tune the multimodal tasks through the late-fusion head (``[u; v; u * v]`` of the
+    two embeddings into an MLP, :func:`flava_zoo.downstream.base.late_fusion_features`)
+    instead of the fusion encoder: what a dual encoder answers fusion tasks with."""
+    tasks: tuple[str, ...] | None = None
+    """The suite tasks this model is scored on (``None``: all of them); the others are not its
+    cells (left blank in the leaderboard, not skipped)."""
+
+    def runs(self, task: str) -> bool:
+        """Whether ``task`` is one of this model's cells."""
+        return self.tasks is None or task in self.tasks
 
     def with_seed(self, seed: int | None) -> ModelSpec:
         """The model as run with ``seed`` (its pretraining stages keyed by it)."""
@@ -201,10 +245,11 @@ class ModelSpec:
     def key(self) -> str:
         """Hash of what makes the model: its final stage's key, or its source and overrides
         (and its seed, when seeded)."""
+        head = {"late_fusion": True} if self.late_fusion else {}
         if self.pretrain is not None:
-            return config_hash({"pretrain": self.pretrain.final.key})
+            return config_hash({"pretrain": self.pretrain.final.key, **head})
         seeded = {} if self.seed is None else {"seed": self.seed}
-        return config_hash({"source": self.source, "overrides": self.overrides, **seeded})
+        return config_hash({"source": self.source, "overrides": self.overrides, **seeded, **head})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +332,8 @@ class Suite:
 
     def cell_keys(self) -> dict[tuple[str, str, int], str]:
         """``(model, task, seed) -> key`` of every cell (seed 0 in a suite without seeds)."""
-        return {(m.name, t.name, m.seed or 0): cell_key(m, t) for m in self.seeded_models() for t in self.tasks}
+        return {(m.name, t.name, m.seed or 0): cell_key(m, t) for m in self.seeded_models() for t in self.tasks
+                if m.runs(t.name)}  # fmt: skip
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -378,8 +424,16 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     shared = r.strings(top.get("overrides", []), "overrides")
     models = r.sequence(top.get("models"), "models")
     tasks = r.sequence(top.get("tasks"), "tasks")
-    parsed_models = tuple(r.model(m, f"models[{i}]") for i, m in enumerate(models))
+    earlier: list[ModelSpec] = []  # a filter's ``by`` names a model listed before it
+    for i, m in enumerate(models):
+        earlier.append(r.model(m, f"models[{i}]", {e.name: e for e in earlier}))
+    parsed_models = tuple(earlier)
     parsed_tasks = tuple(r.task(t, f"tasks[{i}]", shared, root) for i, t in enumerate(tasks))
+    task_names = [t.name for t in parsed_tasks]
+    for i, m in enumerate(parsed_models):
+        unknown = sorted(set(m.tasks or ()) - set(task_names))
+        if unknown:
+            raise SuiteError(where, f"models[{i}].tasks", f"{unknown[0]!r} is not a task of the suite; tasks: {task_names}")
     for label, items in (("models", parsed_models), ("tasks", parsed_tasks)):
         seen: set[str] = set()
         for i, item in enumerate(items):
@@ -480,10 +534,20 @@ class _Reader:
                                "folders and the recipes shipped with flava-zoo)")  # fmt: skip
 
     # ------------------------------------------------------------------ models
-    def model(self, value: Any, field: str) -> ModelSpec:
+    def model(self, value: Any, field: str, earlier: Mapping[str, ModelSpec] | None = None) -> ModelSpec:
         m = self.mapping(value, field)
-        self.only(m, field, {"name", "description", "source", "overrides", "pretrain", "requires"})
+        self.only(m, field, {"name", "description", "source", "overrides", "pretrain", "requires", "late_fusion",
+                             "tasks"})  # fmt: skip
         name = self.name(m.get("name"), f"{field}.name")
+        late_fusion = m.get("late_fusion", False)
+        if not isinstance(late_fusion, bool):
+            raise self.fail(f"{field}.late_fusion", f"expected true or false, got {late_fusion!r}")
+        tasks = m.get("tasks")
+        if tasks is not None:
+            if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+                raise self.fail(f"{field}.tasks", f"expected a non-empty list of task names, got {tasks!r}")
+            tasks = tuple(tasks)
+        head = {"late_fusion": late_fusion, "tasks": tasks}
         overrides = self.mapping(m.get("overrides", {}), f"{field}.overrides")
         if ("source" in m) == ("pretrain" in m):
             raise self.fail(field, f"model {name!r} needs exactly one of 'source' and 'pretrain'")
@@ -496,16 +560,37 @@ class _Reader:
             if not isinstance(requires, list) or not all(isinstance(p, str) for p in requires):
                 raise self.fail(f"{field}.requires", f"expected a list of paths, got {requires!r}")
             return ModelSpec(name, description, source=source, overrides=overrides,
-                             requires=tuple(Path(p) for p in requires))  # fmt: skip
+                             requires=tuple(Path(p) for p in requires), **head)  # fmt: skip
         if "requires" in m:
             raise self.fail(f"{field}.requires", "a model pretrained by the suite requires nothing on disk")
         if overrides:
             raise self.fail(f"{field}.overrides", "a pretrained model takes its overrides under pretrain.overrides")
-        return ModelSpec(name, description, pretrain=self.pretrain(m["pretrain"], f"{field}.pretrain"))
+        pretrain = self.pretrain(m["pretrain"], f"{field}.pretrain", earlier or {})
+        return ModelSpec(name, description, pretrain=pretrain, **head)
 
-    def pretrain(self, value: Any, field: str) -> PretrainSpec:
+    def filter(self, value: Any, field: str, stages: list[str], earlier: Mapping[str, ModelSpec]) -> FilterSpec:
+        """``{by: MODEL, keep: SHARE}``: ``by`` a model listed before, pretrained by the suite
+        up to its multimodal stage; ``keep`` in (0, 1]."""
+        f = self.mapping(value, field)
+        self.only(f, field, {"by", "keep"})
+        if "multimodal" not in stages:
+            raise self.fail(field, "a filter chooses the multimodal stage's pairs; this model has no multimodal stage")
+        by = f.get("by")
+        source = earlier.get(by) if isinstance(by, str) else None
+        if source is None:
+            raise self.fail(f"{field}.by", f"expected a model listed before this one; got {by!r} (listed before: {sorted(earlier)})")
+        if source.pretrain is None or source.pretrain.final.stage != "multimodal":
+            raise self.fail(f"{field}.by", f"{by!r} is not pretrained by the suite through a multimodal stage "
+                                           "(its contrastive embeddings score the pairs)")  # fmt: skip
+        keep = f.get("keep")
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+            raise self.fail(f"{field}.keep", f"expected the share of pairs to keep, in (0, 1], got {keep!r}")
+        return FilterSpec(by=by, by_stage=source.pretrain.final, keep=float(keep))
+
+    def pretrain(self, value: Any, field: str, earlier: Mapping[str, ModelSpec] | None = None) -> PretrainSpec:
         p = self.mapping(value, field)
-        self.only(p, field, {"stages", "overrides", "loss_weights", "steps", "batch_size", "args", "recipes"})
+        self.only(p, field, {"stages", "overrides", "loss_weights", "steps", "batch_size", "args", "recipes",
+                             "filter"})  # fmt: skip
         stages = p.get("stages", list(STAGES))
         if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
             raise self.fail(f"{field}.stages", f"expected a list from {list(STAGES)}, got {stages!r}")
@@ -539,6 +624,7 @@ class _Reader:
         extra = sorted(set(recipes) - set(STAGES))
         if extra:
             raise self.fail(f"{field}.recipes.{extra[0]}", f"not a stage; stages are {list(STAGES)}")
+        filter_ = self.filter(p["filter"], f"{field}.filter", stages, earlier or {}) if "filter" in p else None
         out: list[StageSpec] = []
         previous = None
         for stage in stages:
@@ -555,6 +641,7 @@ class _Reader:
                 loss_weights=weights if stage == "multimodal" else None,
                 args=stage_args[stage],
                 previous=previous,
+                filter=filter_ if stage == "multimodal" else None,
             )
             out.append(previous)
         return PretrainSpec(tuple(out))
