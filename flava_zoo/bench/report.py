@@ -81,6 +81,10 @@ def build(
         if key in latest and latest[key][1]["status"] != "ok":
             entry = latest[key][1]
             notes.setdefault((m, t), entry.get("error") or entry["status"])
+    for m in suite.models:
+        for t in suite.tasks:
+            if not m.runs(t.name):
+                notes[(m.name, t.name)] = f"not one of its tasks (the model is scored on {', '.join(m.tasks or ())})"
     board = aggregate(records, [m.name for m in suite.models], list(suite.tasks), keys, partial, notes, suite.averages,
                       suite.baseline)  # fmt: skip
     markdown = render(suite, board, runs, latest, keys, command)
@@ -171,9 +175,13 @@ def render(
         if t.overrides:
             text += "; overrides " + " ".join(f"`{o}`" for o in t.overrides)
         lines.append(text)
-    missing = [(m, t, s.note) for (m, t), s in board.scores.items() if s.value is None]
-    if missing:
+    subset = {m.name: m.tasks for m in suite.models if m.tasks is not None}
+    missing = [(m, t, s.note) for (m, t), s in board.scores.items()
+               if s.value is None and (m not in subset or t in subset[m])]  # fmt: skip
+    if missing or subset:
         lines += ["", "## Cells without a number", ""]
+        lines += [f"- `{m}`: scored on {', '.join(f'`{t}`' for t in tasks)} only (`tasks` in the suite)"
+                  for m, tasks in subset.items()]  # fmt: skip
         lines += [f"- `{m}` x `{t}`: {note}" for m, t, note in missing]
     costs = cost_table(suite, read_costs(cost_path(suite.results)))
     if costs:
@@ -207,7 +215,7 @@ def _timing(suite: Suite, latest: dict[str, tuple[int, dict[str, Any]]], keys: d
                 any_time = True
         cells = []
         for t in suite.tasks:
-            k = keys[(m.name, t.name, first)]
+            k = keys.get((m.name, t.name, first))  # None: not a cell of this model
             if k in latest and "wall_s" in latest[k][1]:
                 e = latest[k][1]
                 cells.append(f"{e['wall_s']:.0f}/{e['cpu_s']:.0f}")

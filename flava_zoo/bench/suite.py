@@ -22,6 +22,16 @@ changed by the seed, so every seed is scored on the same test items. A suite wit
 and folders. ``baseline``: the model every other is tested against, per task (Welch's t-test
 over seeds, :mod:`flava_zoo.bench.leaderboard`).
 
+Three model fields make the design axes of a leaderboard: ``late_fusion: true`` fine-tunes
+the model's multimodal tasks through the late-fusion head (``[u; v; u * v]`` of its two
+embeddings into an MLP) instead of the fusion encoder, so a dual encoder is scored on fusion
+tasks and a fused model can be compared with its own late-fusion row; ``tasks: [...]`` scores
+a model on some tasks only (the others are not its cells); and ``pretrain.filter: {by: MODEL,
+keep: SHARE}`` trains the multimodal stage on the best ``SHARE`` of its pairs by the
+contrastive score of ``MODEL``'s export (a model listed before, same seed), LAION-style
+(:mod:`flava_zoo.filtering`; the filter runs in the stage's job, its ``keep.json`` beside the
+stage's export).
+
 A task can also be a *probe* (``probe: interactions``, :mod:`flava_zoo.probes`) run on the
 model after its pretraining; ``classifier_task`` names the suite task whose fine-tuned
 checkpoint (same model, same seed) the probe queries, ``metric`` and ``split`` the record the
@@ -45,6 +55,12 @@ An example (``benchmarks/suites/shapes.yaml`` is the full one)::
           args: [--data.init_args.train_size=4800]   # every stage, or a dict by stage
       - name: random
         source: flava-tiny
+      - name: noisy_filtered                         # noisy captions, the best 70% kept by `merged`
+        pretrain:
+          stages: [multimodal]
+          steps: {multimodal: 150}
+          args: [--data.init_args.caption_noise=0.3]
+          filter: {by: merged, keep: 0.7}
     tasks:
       - name: vqa
         group: multimodal
