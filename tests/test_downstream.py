@@ -550,3 +550,23 @@ def test_old_records_are_read_by_the_rule_in_the_leaderboard(tmp_path):
     board = aggregate(read_results(path), ["m"], [TaskSpec("probe", "vision", "accuracy"),
                                                    TaskSpec("ir", "multimodal", "text_to_image_R@1")])  # fmt: skip
     assert board.scores[("m", "probe")].value == 50.0 and board.scores[("m", "ir")].value == 12.0
+
+
+def test_shapes_retrieval_primary_captions_one_per_scene():
+    from flava_zoo.data.shapes import CAPTIONS_PER_SCENE
+    from flava_zoo.downstream import TaskData
+
+    every = TaskData(task="retrieval", source="shapes", train_size=0, val_size=0, test_size=6)
+    primary = TaskData(task="retrieval", source="shapes", train_size=0, val_size=0, test_size=6,
+                       retrieval_captions="primary")  # fmt: skip
+    _, all_texts, all_index = every.retrieval_split("test")
+    _, texts, index = primary.retrieval_split("test")
+    assert len(all_texts) == 6 * CAPTIONS_PER_SCENE and index.tolist() == list(range(6))
+    # the primary caption is the first of each scene's five
+    assert texts == [all_texts[i * CAPTIONS_PER_SCENE] for i in range(6)]
+    assert all(all_index[i * CAPTIONS_PER_SCENE] == i for i in range(6))
+    with pytest.raises(ValueError, match="retrieval_captions must be 'all' or 'primary'"):
+        TaskData(task="retrieval", source="shapes", retrieval_captions="first")
+    with pytest.raises(ValueError, match="is for the shapes world"):
+        TaskData(task="retrieval", source="karpathy", retrieval_captions="primary",
+                 test={"json_path": "k.json", "image_root": "i", "split": "test"})  # fmt: skip
