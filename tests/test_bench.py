@@ -3,6 +3,7 @@ format's checks and keys, and a tiny suite run end to end (2 models x 2 tasks), 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -288,3 +289,56 @@ def test_failed_cell_is_na_with_its_reason_and_retried(tmp_path):
     assert (tmp_path / "work" / "cells" / "random" / "entailment" / "log.txt").is_file()
     work = plan(load_suite(path))
     assert [j.label for j in work.jobs] == ["random x entailment"]  # failures are retried
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_sigterm_stops_the_run_and_its_workers(tmp_path):
+    """``kill`` on a parallel run stops its worker processes too (they would train on, orphaned)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = _suite_dict(tmp_path)
+    data["models"] = [data["models"][1]]
+    data["models"][0]["pretrain"]["steps"]["multimodal"] = 100_000  # runs until stopped
+    path = _write(tmp_path, data)
+    log = tmp_path / "out.txt"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "flava_zoo.bench", "run", str(path), "--jobs", "2",
+                                 "--no-build"], stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "start  pretrain" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+        workers = _children(proc.pid)
+        assert workers, "no worker processes"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{w}").exists() and "zombie" not in Path(f"/proc/{w}/status").read_text().lower()
+                  for w in workers) and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.5)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "zombie" not in Path(f"/proc/{w}/status").read_text().lower()]  # fmt: skip
+        assert not alive, f"workers still running after SIGTERM: {alive}"
+        assert "interrupted: finished cells are kept" in log.read_text()
+        runs = [json.loads(line) for line in runs_log_path(tmp_path / "results.jsonl").read_text().splitlines()]
+        assert runs[-1]["finished"] is False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in locals().get("workers", ()):
+            with contextlib.suppress(OSError):
+                os.kill(w, signal.SIGKILL)

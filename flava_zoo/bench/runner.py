@@ -50,11 +50,13 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
@@ -698,6 +700,8 @@ def run_suite(
     executor: Any = _executor(jobs)
     pending = list(work.jobs)
     running: dict[cf.Future, Job] = {}
+    stack = contextlib.ExitStack()
+    stack.enter_context(_terminate_as_interrupt())
     status: dict[str, str] = {}
     retried: set[str] = set()
     try:
@@ -756,10 +760,45 @@ def run_suite(
         progress.say("interrupted: finished cells are kept; run again to resume")
         raise
     finally:
+        stack.close()
+        if interrupted:
+            _stop_workers(executor)
         executor.shutdown(wait=not interrupted, cancel_futures=True)
         log.update(summary, start, finished=not interrupted)
     progress.say(f"finished: {summary.ran} ran, {summary.failed} failed, in {summary.wall_s / 60:.1f} min")
     return summary
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's time limit) stops a run as Ctrl-C does: finished cells
+    kept, the log closed, the worker processes stopped (else they would train on, orphaned).
+    Only in the main thread, where Python delivers signals; the old handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _stop_workers(executor: Any) -> None:
+    """Terminate a process pool's workers: ``shutdown(cancel_futures=True)`` cancels the jobs
+    not started but lets running ones go on. ``ProcessPoolExecutor`` has no public way to stop
+    them before Python 3.14 (``terminate_workers``), hence its process table here."""
+    stop = getattr(executor, "terminate_workers", None)
+    if callable(stop):
+        stop()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, AttributeError):
+            process.terminate()
 
 
 def _finish(suite: Suite, job: Job, result: dict[str, Any], status: dict[str, str], summary: RunSummary,
