@@ -154,3 +154,30 @@ def test_tiny_axes_suite_runs_end_to_end(tmp_path):
     md = (tmp_path / "leaderboard.md").read_text()
     assert "- `text_only`: scored on `entailment` only (`tasks` in the suite)" in md
     assert "`text_only` x `memes`" not in md  # not a missing cell: not one of its cells
+
+
+def test_gpu_variant_scales_every_model_once_and_parses(tmp_path):
+    """benchmarks/gpu_leaderboard.py derives its suite from the CPU one: same models, tasks and
+    seeds; steps scaled once per model (YAML anchors share one object between models)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_leaderboard", root / "benchmarks" / "gpu_leaderboard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    raw = yaml.safe_load((root / "benchmarks" / "suites" / "shapes.yaml").read_text())
+    cpu = parse_suite(raw)
+    gpu = parse_suite(module.derive(raw, 2, 128))
+    assert [m.name for m in gpu.models] == [m.name for m in cpu.models] and gpu.seeds == cpu.seeds
+    assert [t.name for t in gpu.tasks] == [t.name for t in cpu.tasks]
+    for c, g in zip(cpu.models, gpu.models, strict=True):
+        if c.pretrain is None:
+            continue
+        assert [s.steps * 2 for s in c.pretrain.stages] == [s.steps for s in g.pretrain.stages]
+        assert {s.batch_size for s in g.pretrain.stages} == {128}
+        assert g.late_fusion == c.late_fusion and g.tasks == c.tasks
+        assert (g.pretrain.final.filter is None) == (c.pretrain.final.filter is None)
+    assert cpu.model("merged").pretrain.final.steps == 700  # the CPU suite is left as it is
+    assert gpu.results.name == "results_shapes_gpu.jsonl" and gpu.work_dir.name == "shapes_gpu"
+    vqa = [o for o in gpu.task("vqa").overrides if o.startswith("--trainer.max_steps=")]
+    assert vqa == ["--trainer.max_steps=200"]
