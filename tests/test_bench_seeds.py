@@ -23,6 +23,7 @@ from flava_zoo.bench.leaderboard import (
     lessons,
     model_costs,
     seeds_and_items,
+    count_tests,
     to_csv,
     to_markdown_table,
     write_chart,
@@ -112,6 +113,26 @@ def test_interval_and_significance_arithmetic_on_known_records():
     assert "2 commits" in " ".join(seeds_and_items(later)) and later.scores[("merged", "vqa")].seeds == (2, 3)
 
 
+def test_contrasts_test_pairs_beside_the_baseline():
+    """A ``contrasts`` pair is tested on every row as the baseline is; the count of tests says
+    how many significant rows chance alone would give."""
+    stats = pytest.importorskip("scipy.stats")
+    values = {**VALUES, "noisy": {"vqa": [30.0, 31.0, 32.0], "memes": [60.0, 62.0, 64.0]},
+              "filtered": {"vqa": [36.0, 37.0, 38.0], "memes": [61.0, 62.0, 63.0]}}  # fmt: skip
+    records = [record(m, t, TASKS[i].metric, v[s], s) for m, by in values.items()
+               for i, (t, v) in enumerate(by.items()) for s in (0, 1, 2)]  # fmt: skip
+    board = aggregate(records, list(values), TASKS, baseline="merged")
+    said = lessons(board, contrasts=[("filtered", "noisy")])
+    on_vqa = [s for s in said if s.startswith("- `filtered` is above `noisy` on `vqa`")]
+    expected = stats.ttest_ind([36, 37, 38], [30, 31, 32], equal_var=False).pvalue
+    assert len(on_vqa) == 1 and on_vqa[0].endswith(f"Welch p = {expected:.3f}.")
+    assert not any("`filtered` is above `noisy` on `memes`" in s for s in said)  # not significant
+    assert said == lessons(board) + on_vqa + [s for s in said if "`noisy` on the" in s]  # baseline ones first
+    # rows: vqa, memes, multimodal average, macro average; 3 models against merged + 1 contrast
+    assert count_tests(board) == 3 * 4 and count_tests(board, [("filtered", "noisy")]) == 4 * 4
+    assert count_tests(_board(seeds=(0,))) == 0
+
+
 def test_one_seed_gives_no_interval_and_no_marks():
     board = _board(seeds=(0,))
     assert board.scores[("co_attention", "vqa")].interval is None and board.scores[("co_attention", "vqa")].mark == ""
@@ -187,6 +208,9 @@ def _pretrained(tmp: Path) -> dict:
         (lambda d: d.update(seeds=[-1]), "seeds"),
         (lambda d: d.update(seeds=[]), "seeds"),
         (lambda d: d.update(baseline="nope"), "baseline"),
+        (lambda d: d.update(contrasts=[["random", "nope"]]), "contrasts[0]"),
+        (lambda d: d.update(contrasts=[["random", "random"]]), "contrasts[0]"),
+        (lambda d: d.update(contrasts="random"), "contrasts"),
         (lambda d: d["tasks"][1].update(probe="nope"), "tasks[1].probe"),
         (lambda d: d["tasks"][1].update(classifier_task="retrieval"), "tasks[1].classifier_task"),
         (lambda d: d["tasks"][1]["options"].update(seed=3), "tasks[1].options.seed"),

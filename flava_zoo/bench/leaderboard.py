@@ -35,7 +35,7 @@ from ..stats import Interval, t_interval, welch_test
 from .suite import GROUPS, PROBE_GROUP, Suite, TaskSpec
 
 __all__ = ["ALPHA", "UNIT", "Average", "Leaderboard", "Score", "aggregate", "cost_table", "lessons", "metric_kind",
-           "model_costs", "seeds_and_items", "to_csv", "to_markdown_table", "write_chart"]  # fmt: skip
+           "model_costs", "seeds_and_items", "count_tests", "to_csv", "to_markdown_table", "write_chart"]  # fmt: skip
 
 ALPHA = 0.05
 """The significance level of the marks and of the design lessons (Welch's t-test, two-sided)."""
@@ -442,27 +442,49 @@ def seeds_and_items(board: Leaderboard) -> list[str]:
     return lines
 
 
-def lessons(board: Leaderboard, digits: int = 1) -> list[str]:
+def lessons(board: Leaderboard, digits: int = 1, contrasts: Sequence[tuple[str, str]] = ()) -> list[str]:
     """One sentence per significant difference from the baseline (task, average and probe
     rows), e.g. "`co_attention` is below `merged` on `vqa` (vqa_accuracy): 41.2 [38.0, 44.4] vs
-    46.8 [45.1, 48.5], Welch p = 0.01."; none where nothing is significant (one line says so)."""
-    if board.baseline is None or len(board.seeds) < 2:
+    46.8 [45.1, 48.5], Welch p = 0.01."; then one per significant difference of each
+    ``contrasts`` pair ``(model, against)`` (the suite's ``contrasts``: comparisons a design
+    question needs beside the baseline, e.g. a filtered data set against the noisy one); none
+    where nothing is significant (one line says so)."""
+    if (board.baseline is None and not contrasts) or len(board.seeds) < 2:
         return ["No design lesson is drawn: " + ("the suite names no baseline." if board.baseline is None
                 else "one seed gives no significance test.")]  # fmt: skip
+    pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
+    pairs += [(m, a) for m, a in contrasts if m in board.models and a in board.models]
     out = []
-    for _, label, metric, _kind, cells in board.table():
-        base = cells[board.models.index(board.baseline)]
-        for m, c in zip(board.models, cells):
+    for model, against in pairs:
+        for _, label, metric, _kind, cells in board.table():
+            base = cells[board.models.index(against)]
+            c = cells[board.models.index(model)]
+            if against != board.baseline:
+                c = _tested(c, base, ALPHA)
             if not c.mark or c.p is None:
                 continue
             where = f"`{label}` ({metric})" if metric else f"the {label}"
             side = "above" if c.mark == ABOVE else "below"
-            out.append(f"- `{m}` is {side} `{board.baseline}` on {where}: {_cell_text(dataclasses.replace(c, mark=''), digits)}"
+            out.append(f"- `{model}` is {side} `{against}` on {where}: {_cell_text(dataclasses.replace(c, mark=''), digits)}"
                        f" vs {_cell_text(dataclasses.replace(base, mark=''), digits)}, Welch p = {_p(c.p)}.")  # fmt: skip
     if not out:
-        return [f"No difference from `{board.baseline}` is significant at p < {ALPHA} (Welch's t-test over "
+        against = f"`{board.baseline}`" if board.baseline is not None else "the contrasted models"
+        return [f"No difference from {against} is significant at p < {ALPHA} (Welch's t-test over "
                 f"{len(board.seeds)} seeds): no design lesson is drawn."]  # fmt: skip
     return out
+
+
+def count_tests(board: Leaderboard, contrasts: Sequence[tuple[str, str]] = ()) -> int:
+    """How many Welch tests :func:`lessons` ran (cells with two or more seeds on both sides):
+    at p < 0.05 about one in twenty of them is significant by chance alone."""
+    pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
+    pairs += [(m, a) for m, a in contrasts if m in board.models and a in board.models]
+    n = 0
+    for model, against in pairs:
+        for *_, cells in board.table():
+            c, base = cells[board.models.index(model)], cells[board.models.index(against)]
+            n += c.value is not None and base.value is not None and len(c.values) >= 2 and len(base.values) >= 2
+    return n
 
 
 def _p(p: float) -> str:

@@ -12,12 +12,14 @@ from .._jsonl import read_jsonl
 from ..evaluation.results import read_results
 from .environment import describe_machine
 from .leaderboard import (
+    ALPHA,
     Leaderboard,
     aggregate,
     cost_table,
     lessons,
     read_costs,
     seeds_and_items,
+    count_tests,
     to_csv,
     to_markdown_table,
     write_chart,
@@ -190,7 +192,14 @@ def render(
     if timing:
         lines += ["", "## Time per job (seconds, wall / CPU)" + (f", seed {suite.seeds[0]}" if suite.seeded else ""),
                   "", *timing]  # fmt: skip
-    lines += ["", "## Design lessons", "", *lessons(board)]
+    said = lessons(board, contrasts=suite.contrasts)
+    lines += ["", "## Design lessons", "", *said]
+    n = count_tests(board, suite.contrasts)
+    if n and said[0].startswith("- "):
+        lines += ["", f"These sentences come from {n} Welch tests (every row, each model against the baseline"
+                      + (" and each pair of `contrasts`" if suite.contrasts else "") + f") at p < {ALPHA}: with no "
+                      f"true difference anywhere, about {n * ALPHA:.0f} of them would be significant by chance alone, "
+                      "so a lone lesson on one row is weaker evidence than a pattern across rows."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

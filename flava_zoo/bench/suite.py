@@ -20,7 +20,9 @@ shapes loaders' sample draws, which follow Lightning's global seed). The shapes 
 changed by the seed, so every seed is scored on the same test items. A suite without
 ``seeds`` runs as before: no ``--seed_everything`` added, the recipes' own seed, the same keys
 and folders. ``baseline``: the model every other is tested against, per task (Welch's t-test
-over seeds, :mod:`flava_zoo.bench.leaderboard`).
+over seeds, :mod:`flava_zoo.bench.leaderboard`); ``contrasts: [[model, against], ...]``:
+further pairs the design lessons test (a comparison a question needs that is not against the
+baseline, e.g. filtered against noisy data).
 
 Three model fields make the design axes of a leaderboard: ``late_fusion: true`` fine-tunes
 the model's multimodal tasks through the late-fusion head (``[u; v; u * v]`` of its two
@@ -341,6 +343,9 @@ class Suite:
     """Whether the suite lists ``seeds`` (else: no ``--seed_everything``, keys as before)."""
     baseline: str | None = None
     """The model every other is compared with, per task (Welch's t-test over seeds)."""
+    contrasts: tuple[tuple[str, str], ...] = ()
+    """``(model, against)`` pairs tested beside the baseline for the design lessons (e.g. a
+    filtered data set against the noisy one it was filtered from)."""
 
     def seeded_models(self) -> list[ModelSpec]:
         """Every (model, seed) instance, model by model: :meth:`ModelSpec.with_seed`."""
@@ -431,7 +436,7 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     r = _Reader(where)
     top = r.mapping(raw, "(top level)")
     r.only(top, "(top level)", {"name", "description", "data_root", "results", "leaderboard", "work_dir",
-                                "overrides", "models", "tasks", "averages", "title", "seeds", "baseline"})  # fmt: skip
+                                "overrides", "models", "tasks", "averages", "title", "seeds", "baseline", "contrasts"})  # fmt: skip
     averages = top.get("averages", True)
     if not isinstance(averages, bool):
         raise SuiteError(where, "averages", f"expected true or false, got {averages!r}")
@@ -472,6 +477,14 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     baseline = top.get("baseline")
     if baseline is not None and baseline not in {m.name for m in parsed_models}:
         raise SuiteError(where, "baseline", f"{baseline!r} is not a model of the suite; models: {[m.name for m in parsed_models]}")
+    names = [m.name for m in parsed_models]
+    contrasts = top.get("contrasts", [])
+    if not isinstance(contrasts, list):
+        raise SuiteError(where, "contrasts", f"expected a list of [model, against] pairs, got {contrasts!r}")
+    for i, pair in enumerate(contrasts):
+        if not isinstance(pair, list) or len(pair) != 2 or any(p not in names for p in pair) or pair[0] == pair[1]:
+            raise SuiteError(where, f"contrasts[{i}]", f"expected [model, against], two different models of the suite, "
+                                                       f"got {pair!r}; models: {names}")  # fmt: skip
     return Suite(
         name=name,
         path=Path(path) if path is not None else None,
@@ -486,6 +499,7 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
         seeds=tuple(seeds) if seeds is not None else (0,),
         seeded=seeds is not None,
         baseline=baseline,
+        contrasts=tuple((a, b) for a, b in contrasts),
     )
 
 
