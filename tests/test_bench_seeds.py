@@ -20,10 +20,10 @@ from flava_zoo.bench import aggregate, cell_key, parse_suite
 from flava_zoo.bench.cli import main as bench_main
 from flava_zoo.bench.leaderboard import (
     cost_table,
+    count_tests,
     lessons,
     model_costs,
     seeds_and_items,
-    count_tests,
     to_csv,
     to_markdown_table,
     write_chart,
