@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -64,6 +65,22 @@ def derive(raw: dict[str, Any], steps_scale: float, batch_size: int, suffix: str
     return out
 
 
+def smoke(derived: dict[str, Any]) -> dict[str, Any]:
+    """One model (``random_init``), one seed, the language task at 2 steps, in ``runs/bench/smoke``."""
+    out = dict(derived)
+    out["models"] = [m for m in derived["models"] if m["name"] == "random_init"]
+    task = dict(next(t for t in derived["tasks"] if t["name"] == "caption_entailment"))
+    task["overrides"] = [*task.get("overrides", []), "--trainer.max_steps=2", "--data.init_args.train_size=64",
+                         "--data.init_args.test_size=32"]  # fmt: skip
+    out["tasks"] = [task]
+    out["seeds"] = [0]
+    out.pop("baseline", None)
+    out.pop("contrasts", None)
+    for field in ("results", "leaderboard", "work_dir"):
+        out[field] = str(Path("runs") / "bench" / "smoke" / Path(derived[field]).name)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the derived suite and run it (``flava-zoo bench run``) within ``--limit-s``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,19 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="one model, one seed, the first task, 2 steps (CPU check)")
     parser.add_argument("--suite-out", default=str(ROOT / "runs" / "bench" / "shapes_gpu.yaml"))
     args = parser.parse_args(argv)
+    os.chdir(ROOT)  # the suite's relative results and work folders are the repository's
 
     raw = yaml.safe_load(CPU_SUITE.read_text(encoding="utf-8"))
     derived = derive(raw, args.steps_scale, args.batch_size)
     run = ["run"]  # the recipes' accelerator is ``auto``: the GPU where there is one
     if args.smoke:
-        derived["models"] = [m for m in derived["models"] if m["name"] == "random_init"]
-        derived["tasks"] = [t for t in derived["tasks"] if t["name"] == "caption_entailment"]
-        derived["tasks"][0]["overrides"] = [*derived["tasks"][0]["overrides"], "--trainer.max_steps=2",
-                                            "--data.init_args.train_size=64", "--data.init_args.test_size=32"]  # fmt: skip
-        derived["seeds"] = [0]
-        derived.pop("baseline", None)
-        for field in ("results", "leaderboard", "work_dir"):
-            derived[field] = str(Path("runs") / "bench" / "smoke" / Path(derived[field]).name)
+        derived = smoke(derived)
     suite = Path(args.suite_out)
     suite.parent.mkdir(parents=True, exist_ok=True)
     suite.write_text(yaml.safe_dump(derived, sort_keys=False), encoding="utf-8")
@@ -102,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from flava_zoo.bench.cli import main as bench_main
 
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt("time limit")
+
     if args.limit_s > 0 and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGALRM, lambda *_: signal.raise_signal(signal.SIGTERM))
+        signal.signal(signal.SIGALRM, stop)
         signal.alarm(int(args.limit_s))
     try:
         code = bench_main(run)

@@ -214,7 +214,10 @@ def test_shipped_suites_parse():
     m = {x.name: x for x in shapes.models}
     # the late-fusion row reuses merged's pretraining, but is a model of its own
     assert m["merged_late_fusion"].pretrain.final.key == m["merged"].pretrain.final.key
-    assert m["merged_late_fusion"].key != m["merged"].key and m["none"].late_fusion
+    keys = shapes.cell_keys()
+    assert keys[("merged_late_fusion", "memes", 0)] != keys[("merged", "memes", 0)] and m["none"].late_fusion
+    assert keys[("merged_late_fusion", "interaction_share", 0)] != keys[("merged", "interaction_share", 0)]
+    assert ("merged_late_fusion", "probe_shape", 0) not in keys  # its other cells would be merged's
     # every pretrained model but the one without unimodal stages shares merged's text stage
     text_key = m["merged"].pretrain.stages[1].key
     shared = [x.name for x in shapes.models if x.pretrain and any(s.key == text_key for s in x.pretrain.stages)]
@@ -300,8 +303,11 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
-def test_sigterm_stops_the_run_and_its_workers(tmp_path):
-    """``kill`` on a parallel run stops its worker processes too (they would train on, orphaned)."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_the_run_and_its_workers(tmp_path, jobs):
+    """``kill`` stops a run: a parallel one with its worker processes (they would train on,
+    orphaned), an in-process one without starting the next job (Lightning catches the
+    interrupt inside a fit and exits on its own)."""
     import os
     import signal
     import subprocess
@@ -309,21 +315,23 @@ def test_sigterm_stops_the_run_and_its_workers(tmp_path):
     import time
 
     data = _suite_dict(tmp_path)
-    data["models"] = [data["models"][1]]
+    data["models"] = [data["models"][1], json.loads(json.dumps(data["models"][1]))]
     data["models"][0]["pretrain"]["steps"]["multimodal"] = 100_000  # runs until stopped
+    data["models"][1].update(name="second")
+    data["models"][1]["pretrain"]["steps"]["multimodal"] = 100_001
     path = _write(tmp_path, data)
     log = tmp_path / "out.txt"
     with open(log, "w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "flava_zoo.bench", "run", str(path), "--jobs", "2",
+        proc = subprocess.Popen([sys.executable, "-m", "flava_zoo.bench", "run", str(path), "--jobs", str(jobs),
                                  "--no-build"], stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while "start  pretrain" not in log.read_text() and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()
             time.sleep(0.5)
-        workers = _children(proc.pid)
-        assert workers, "no worker processes"
-        time.sleep(2)
+        workers = _children(proc.pid) if jobs > 1 else set()
+        assert workers or jobs == 1, "no worker processes"
+        time.sleep(4 if jobs == 1 else 2)  # inside the fit
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 30
@@ -334,6 +342,7 @@ def test_sigterm_stops_the_run_and_its_workers(tmp_path):
                  and "zombie" not in Path(f"/proc/{w}/status").read_text().lower()]  # fmt: skip
         assert not alive, f"workers still running after SIGTERM: {alive}"
         assert "interrupted: finished cells are kept" in log.read_text()
+        assert log.read_text().count("start  pretrain") == jobs  # nothing started after the signal
         runs = [json.loads(line) for line in runs_log_path(tmp_path / "results.jsonl").read_text().splitlines()]
         assert runs[-1]["finished"] is False
     finally:

@@ -7,6 +7,7 @@ end to end."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import yaml
 
 from flava_zoo.bench import parse_suite
 from flava_zoo.bench.cli import main as bench_main
-from flava_zoo.bench.runner import cell_commands, filter_arguments, plan, stage_folder
-from flava_zoo.bench.suite import SuiteError
+from flava_zoo.bench.runner import cell_commands, filter_arguments, plan, run_suite, stage_folder
+from flava_zoo.bench.suite import LATE_FUSION_HIDDEN, SuiteError
 from flava_zoo.evaluation.results import read_results
 
 ONE_THREAD = True
@@ -71,6 +72,18 @@ def _suite(tmp: Path) -> dict:
         (lambda d: d["models"][1]["pretrain"]["filter"].update(share=0.5), "models[1].pretrain.filter.share"),
         # ``by`` must be listed before the filtered model (its stages are known when it is read)
         (lambda d: d["models"].reverse(), "models[2].pretrain.filter.by"),
+        # the filter scores primary captions: a stage reading others would train on other pairs
+        (lambda d: d["models"][1]["pretrain"]["args"].append("--data.init_args.captions=random"),
+         "models[1].pretrain.filter"),
+        # a probe needs the task whose classifier it queries
+        (lambda d: (d["tasks"].append({"name": "share", "probe": "interactions", "classifier_task": "memes",
+                                       "metric": "interaction_share/auroc"}),
+                    d["models"][3].update(tasks=["share"])), "models[3].tasks"),
+        # the late-fusion head is FinetuneModule's: a multimodal fit of another module has none
+        (lambda d: d["tasks"].append({"name": "ft_retrieval", "group": "multimodal", "metric": "text_to_image_R@1",
+                                      "recipe": "recipes/finetune/shapes_retrieval.yaml"}), "models[2].late_fusion"),
+        (lambda d: d.update(contrasts=[["filtered", "noisy"], ["noisy", "filtered"]]), "contrasts[1]"),
+        (lambda d: d.update(baseline="noisy", contrasts=[["filtered", "noisy"]]), "contrasts[0]"),
     ],
 )
 def test_axis_fields_are_checked(tmp_path, change, field):
@@ -82,17 +95,29 @@ def test_axis_fields_are_checked(tmp_path, change, field):
 
 
 def test_late_fusion_goes_to_multimodal_fine_tuning_only(tmp_path):
-    suite = parse_suite(_suite(tmp_path), tmp_path / "axes.yaml")
+    data = _suite(tmp_path)
+    data["tasks"].append({"name": "interactions", "probe": "interactions", "classifier_task": "memes",
+                          "metric": "interaction_share/auroc"})  # fmt: skip
+    suite = parse_suite(data, tmp_path / "axes.yaml")
     dual = suite.model("dual")
-    flag = "--model.init_args.late_fusion=true"
-    commands = {t.name: cell_commands(suite, dual, t) for t in suite.tasks}
-    assert all(flag in argv for argv in commands["memes"]) and len(commands["memes"]) == 2  # fit, then test
-    assert not any(flag in argv for argv in commands["entailment"] + commands["retrieval"])
-    # the same weights without the head are another model: other keys, no flag
-    plain = parse_suite({**_suite(tmp_path), "models": [{"name": "dual", "source": "flava-tiny",
-                                                          "overrides": {"fusion": "none"}}]})  # fmt: skip
-    assert plain.model("dual").key != dual.key
+    flag, mlp = "--model.init_args.late_fusion=true", f"--model.init_args.head_hidden={LATE_FUSION_HIDDEN}"
+    commands = {t.name: cell_commands(suite, dual, t) for t in suite.tasks if t.probe is None}
+    assert all(flag in argv and mlp in argv for argv in commands["memes"]) and len(commands["memes"]) == 2  # fit, test
+    assert not any(flag in argv or mlp in argv for argv in commands["entailment"] + commands["retrieval"])
+    # the same weights without the head: the cells the head changes get other keys, no others
+    data["models"][2].pop("late_fusion")
+    plain = parse_suite(data, tmp_path / "axes.yaml")
+    assert plain.model("dual").key == dual.key
     assert not any(flag in argv for argv in cell_commands(plain, plain.model("dual"), plain.task("memes")))
+    before, after = plain.cell_keys(), suite.cell_keys()
+    changed = {t for (m, t, _), k in after.items() if m == "dual" and before[(m, t, 0)] != k}
+    assert changed == {"memes", "interactions"}  # its fine-tuning, and the probe that queries it
+    # a recipe that sets its own head keeps it
+    data["models"][2]["late_fusion"] = True
+    data["tasks"][1]["overrides"].append("--model.init_args.head_hidden=32")
+    own = parse_suite(data, tmp_path / "axes.yaml")
+    argv = cell_commands(own, own.model("dual"), own.task("memes"))[0]
+    assert flag in argv and mlp not in argv and argv[-1] == "--model.init_args.head_hidden=32"
 
 
 def test_tasks_subset_plans_and_keys_only_those_cells(tmp_path):
@@ -123,6 +148,9 @@ def test_filter_keys_its_model_and_share_and_waits_for_it(tmp_path):
         "--caption-noise": "0.5", "--noise-seed": "3", "--train-size": "8", "--keep": "0.5"}  # fmt: skip
 
     # only the filtered model selected: the scoring model's stage runs first, then the filter
+    out = io.StringIO()
+    run_suite(suite.select(models=["filtered"]), dry_run=True, stream=out)
+    assert "    flava-zoo filter --model " in out.getvalue()  # the dry run shows the filter step
     jobs = {j.key: j for j in plan(suite.select(models=["filtered"])).jobs}
     assert noisy.key in jobs and jobs[filtered.key].deps == [noisy.key]
     assert jobs[filtered.key].filter == args
@@ -181,3 +209,6 @@ def test_gpu_variant_scales_every_model_once_and_parses(tmp_path):
     assert gpu.results.name == "results_shapes_gpu.jsonl" and gpu.work_dir.name == "shapes_gpu"
     vqa = [o for o in gpu.task("vqa").overrides if o.startswith("--trainer.max_steps=")]
     assert vqa == ["--trainer.max_steps=200"]
+    smoke = module.smoke(module.derive(raw, 2, 128))
+    parsed = parse_suite(smoke)
+    assert [m.name for m in parsed.models] == ["random_init"] and [t.name for t in parsed.tasks] == ["caption_entailment"]

@@ -449,9 +449,10 @@ def lessons(board: Leaderboard, digits: int = 1, contrasts: Sequence[tuple[str, 
     ``contrasts`` pair ``(model, against)`` (the suite's ``contrasts``: comparisons a design
     question needs beside the baseline, e.g. a filtered data set against the noisy one); none
     where nothing is significant (one line says so)."""
-    if (board.baseline is None and not contrasts) or len(board.seeds) < 2:
-        return ["No design lesson is drawn: " + ("the suite names no baseline." if board.baseline is None
-                else "one seed gives no significance test.")]  # fmt: skip
+    if len(board.seeds) < 2:
+        return ["No design lesson is drawn: one seed gives no significance test."]
+    if board.baseline is None and not contrasts:
+        return ["No design lesson is drawn: the suite names no baseline."]
     pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
     pairs += [(m, a) for m, a in contrasts if m in board.models and a in board.models]
     out = []

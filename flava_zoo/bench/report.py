@@ -196,9 +196,10 @@ def render(
     lines += ["", "## Design lessons", "", *said]
     n = count_tests(board, suite.contrasts)
     if n and said[0].startswith("- "):
-        lines += ["", f"These sentences come from {n} Welch tests (every row, each model against the baseline"
-                      + (" and each pair of `contrasts`" if suite.contrasts else "") + f") at p < {ALPHA}: with no "
-                      f"true difference anywhere, about {n * ALPHA:.0f} of them would be significant by chance alone, "
+        tested = " and ".join(x for x in ("each model against the baseline" if board.baseline else "",
+                                            "each pair of `contrasts`" if suite.contrasts else "") if x)  # fmt: skip
+        lines += ["", f"These sentences come from {n} Welch tests (every row, {tested}) at p < {ALPHA}: with no "
+                      f"true difference anywhere, about {n * ALPHA:.1f} of them would be significant by chance alone, "
                       "so a lone lesson on one row is weaker evidence than a pattern across rows."]  # fmt: skip
     return "\n".join(lines) + "\n"
 

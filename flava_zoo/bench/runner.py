@@ -64,7 +64,16 @@ from typing import Any
 
 from ..evaluation.results import ResultRecord, append_results, read_results
 from .environment import git_state, machine
-from .suite import ModelSpec, StageSpec, Suite, TaskSpec, recipe_value, seed_folder
+from .suite import (
+    LATE_FUSION_HIDDEN,
+    ModelSpec,
+    StageSpec,
+    Suite,
+    TaskSpec,
+    recipe_value,
+    seed_folder,
+    uses_late_fusion,
+)
 
 __all__ = ["Job", "RunSummary", "cost_path", "plan", "run_suite", "runs_log_path"]
 
@@ -240,14 +249,20 @@ def filter_arguments(suite: Suite, stage: StageSpec) -> list[str]:
     the filter's ``by`` model."""
     assert stage.filter is not None
 
-    def data(name: str, default: Any) -> Any:
+    import inspect
+
+    from ..data.datamodules import ShapesPretrainData
+
+    defaults = inspect.signature(ShapesPretrainData).parameters
+
+    def data(name: str) -> Any:
         value = recipe_value(stage.recipe_text, f"data.init_args.{name}", stage.args)
-        return default if value is None else value
+        return defaults[name].default if value is None else value
 
     by = (stage_folder(suite, stage.filter.by_stage) / "export").resolve()
     return ["--model", str(by), "--shapes", "--keep", str(stage.filter.keep), "--out", str(filter_output(suite, stage)),
-            "--caption-noise", str(data("caption_noise", 0.0)), "--noise-seed", str(data("noise_seed", 0)),
-            "--train-size", str(data("train_size", 20_000)), "--world-seed", str(data("seed", 0))]  # fmt: skip
+            "--caption-noise", str(data("caption_noise")), "--noise-seed", str(data("noise_seed")),
+            "--train-size", str(data("train_size")), "--world-seed", str(data("seed"))]  # fmt: skip
 
 
 def cell_folder(suite: Suite, model: ModelSpec, task: TaskSpec) -> Path:
@@ -295,8 +310,10 @@ def cell_commands(suite: Suite, model: ModelSpec, task: TaskSpec) -> list[list[s
     ]  # fmt: skip
     if model.overrides:
         common.append(f"--model.init_args.model_overrides={json.dumps(model.overrides, sort_keys=True)}")
-    if model.late_fusion and task.group == "multimodal" and task.mode == "fit_test":
+    if uses_late_fusion(model, task):
         common.append("--model.init_args.late_fusion=true")
+        if recipe_value(task.recipe_text, "model.init_args.head_hidden", task.overrides) is None:
+            common.append(f"--model.init_args.head_hidden={LATE_FUSION_HIDDEN}")  # an MLP, as CLIP-style baselines
     if task.mode == "test":
         return [["test", *common, *task.overrides]]
     if not _single_checkpoint_callback(task.recipe_text):
@@ -498,13 +515,16 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
             if payload.get("filter"):
                 from ..filtering import main as filter_main
 
-                print("+ flava-zoo filter " + " ".join(payload["filter"]), flush=True)
-                code = filter_main(list(payload["filter"]))
+                argv = list(payload["filter"]) + (["--device", "cuda"] if torch.cuda.is_available() else [])
+                print("+ flava-zoo filter " + " ".join(argv), flush=True)
+                code = filter_main(argv)
                 if code:
                     raise RuntimeError(f"flava-zoo filter exited with status {code}")
             for argv in payload["commands"]:
                 print("+ flava-zoo " + " ".join(argv), flush=True)
                 code = run_lightning(list(argv))
+                if _TERMINATED.is_set():  # Lightning turns our SIGTERM interrupt into its own exit
+                    raise KeyboardInterrupt("SIGTERM")
                 if code:
                     error = f"flava-zoo {argv[0]} exited with status {code}"
                     break
@@ -539,7 +559,10 @@ def execute(payload: dict[str, Any]) -> dict[str, Any]:
     wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     peak = memory.peak()
     if not error and payload["marker"]:
-        (folder / "done.json").write_text(json.dumps({"finished": _now(), "commands": payload["commands"]}, indent=1))
+        done = {"finished": _now(), "commands": payload["commands"]}
+        if payload.get("filter"):
+            done["filter"] = payload["filter"]
+        (folder / "done.json").write_text(json.dumps(done, indent=1))
     parameters = count_parameters(payload.get("reference")) if not error else None
     return {"ok": not error, "error": error[:500], "wall_s": wall, "cpu_s": cpu_s, "parameters": parameters,
             **peak}  # fmt: skip
@@ -683,6 +706,8 @@ def run_suite(
     if dry_run:
         for job in work.jobs:
             print(f"[bench] would run {job.label}:", file=out)
+            if job.filter:
+                print("    flava-zoo filter " + " ".join(job.filter), file=out)
             for argv in job.commands:
                 print("    flava-zoo " + " ".join(argv), file=out)
         return summary
@@ -701,6 +726,7 @@ def run_suite(
     pending = list(work.jobs)
     running: dict[cf.Future, Job] = {}
     stack = contextlib.ExitStack()
+    _TERMINATED.clear()
     stack.enter_context(_terminate_as_interrupt())
     status: dict[str, str] = {}
     retried: set[str] = set()
@@ -732,6 +758,8 @@ def run_suite(
                 job = running.pop(future)
                 try:
                     result = future.result()
+                    if _TERMINATED.is_set():
+                        raise KeyboardInterrupt("SIGTERM")
                 except KeyboardInterrupt:
                     raise
                 except BrokenProcessPool:
@@ -769,6 +797,10 @@ def run_suite(
     return summary
 
 
+_TERMINATED = threading.Event()
+"""Set by SIGTERM during :func:`run_suite` (checked after each job and each command)."""
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit) stops a run as Ctrl-C does: finished cells
@@ -779,6 +811,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
+        _TERMINATED.set()  # for the in-process path, where Lightning catches the interrupt
         raise KeyboardInterrupt(f"signal {signum}")
 
     old = signal.signal(signal.SIGTERM, interrupt)
@@ -796,9 +829,16 @@ def _stop_workers(executor: Any) -> None:
     if callable(stop):
         stop()
         return
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
         with contextlib.suppress(OSError, AttributeError):
             process.terminate()
+    deadline = time.monotonic() + 10  # Lightning stops a fit at the next batch; then no longer
+    for process in processes:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
 
 
 def _finish(suite: Suite, job: Job, result: dict[str, Any], status: dict[str, str], summary: RunSummary,

@@ -97,10 +97,12 @@ __all__ = [
     "StageSpec",
     "Suite",
     "TaskSpec",
+    "LATE_FUSION_HIDDEN",
     "cell_key",
     "find_suite",
     "seed_folder",
     "load_suite",
+    "uses_late_fusion",
 ]
 
 GROUPS = ("vision", "language", "multimodal")
@@ -240,11 +242,13 @@ class ModelSpec:
     """The seed this instance runs with (:meth:`with_seed`); ``None``: the suite has no seeds."""
     late_fusion: bool = False
     """Fine-tune the multimodal tasks through the late-fusion head (``[u; v; u * v]`` of the
-    two embeddings into an MLP, :func:`flava_zoo.downstream.base.late_fusion_features`)
-    instead of the fusion encoder: what a dual encoder answers fusion tasks with."""
+    two embeddings into an MLP of width :data:`LATE_FUSION_HIDDEN` unless the task sets
+    ``head_hidden``, :func:`flava_zoo.downstream.base.late_fusion_features`) instead of the
+    fusion encoder: what a dual encoder answers fusion tasks with. Only the cells it changes
+    (:func:`uses_late_fusion`) get other keys."""
     tasks: tuple[str, ...] | None = None
     """The suite tasks this model is scored on (``None``: all of them); the others are not its
-    cells (left blank in the leaderboard, not skipped)."""
+    cells (``n/a`` in the table, listed once under "Cells without a number", not skipped)."""
 
     def runs(self, task: str) -> bool:
         """Whether ``task`` is one of this model's cells."""
@@ -263,11 +267,10 @@ class ModelSpec:
     def key(self) -> str:
         """Hash of what makes the model: its final stage's key, or its source and overrides
         (and its seed, when seeded)."""
-        head = {"late_fusion": True} if self.late_fusion else {}
         if self.pretrain is not None:
-            return config_hash({"pretrain": self.pretrain.final.key, **head})
+            return config_hash({"pretrain": self.pretrain.final.key})
         seeded = {} if self.seed is None else {"seed": self.seed}
-        return config_hash({"source": self.source, "overrides": self.overrides, **seeded, **head})
+        return config_hash({"source": self.source, "overrides": self.overrides, **seeded})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,8 +356,12 @@ class Suite:
 
     def cell_keys(self) -> dict[tuple[str, str, int], str]:
         """``(model, task, seed) -> key`` of every cell (seed 0 in a suite without seeds)."""
-        return {(m.name, t.name, m.seed or 0): cell_key(m, t) for m in self.seeded_models() for t in self.tasks
-                if m.runs(t.name)}  # fmt: skip
+        return {(m.name, t.name, m.seed or 0): cell_key(m, t, self.classifier_of(t)) for m in self.seeded_models()
+                for t in self.tasks if m.runs(t.name)}  # fmt: skip
+
+    def classifier_of(self, task: TaskSpec) -> TaskSpec | None:
+        """The task whose fine-tuned checkpoint a probe task queries (``None``: none)."""
+        return self.task(task.classifier_task) if task.classifier_task else None
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:
@@ -389,11 +396,29 @@ class Suite:
         return dataclasses.replace(self, models=ms, tasks=ts, seeds=ss)
 
 
-def cell_key(model: ModelSpec, task: TaskSpec) -> str:
+LATE_FUSION_HIDDEN = 256
+"""The hidden width of the late-fusion MLP head where the task's recipe sets no ``head_hidden``."""
+
+
+def late_fusion_task(task: TaskSpec | None) -> bool:
+    """Whether a late-fusion model fine-tunes ``task`` through the late-fusion head: a
+    multimodal task that fits (not a probe, not a test-only module)."""
+    return task is not None and task.probe is None and task.group == "multimodal" and task.mode == "fit_test"
+
+
+def uses_late_fusion(model: ModelSpec, task: TaskSpec, classifier: TaskSpec | None = None) -> bool:
+    """Whether the cell (``model``, ``task``) runs the late-fusion head: its own fine-tuning,
+    or a probe querying the classifier of such a task (``classifier``)."""
+    return model.late_fusion and (late_fusion_task(task) or late_fusion_task(classifier))
+
+
+def cell_key(model: ModelSpec, task: TaskSpec, classifier: TaskSpec | None = None) -> str:
     """The config hash of one cell: its model's and its task's keys (and the model's seed,
-    when seeded: the fine-tuning seed)."""
+    when seeded: the fine-tuning seed; and the late-fusion head, where the cell uses it:
+    :func:`uses_late_fusion`, with ``classifier`` the task a probe queries)."""
     seeded = {} if model.seed is None else {"seed": model.seed}
-    return config_hash({"model": model.key, "task": task.key, **seeded})
+    head = {"late_fusion": LATE_FUSION_HIDDEN} if uses_late_fusion(model, task, classifier) else {}
+    return config_hash({"model": model.key, "task": task.key, **seeded, **head})
 
 
 def seed_folder(seed: int | None) -> str:
@@ -451,10 +476,22 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     parsed_models = tuple(earlier)
     parsed_tasks = tuple(r.task(t, f"tasks[{i}]", shared, root) for i, t in enumerate(tasks))
     task_names = [t.name for t in parsed_tasks]
+    by_task = {t.name: t for t in parsed_tasks}
     for i, m in enumerate(parsed_models):
         unknown = sorted(set(m.tasks or ()) - set(task_names))
         if unknown:
             raise SuiteError(where, f"models[{i}].tasks", f"{unknown[0]!r} is not a task of the suite; tasks: {task_names}")
+        for name in m.tasks or ():
+            clf = by_task[name].classifier_task
+            if clf is not None and clf not in m.tasks:  # type: ignore[operator]
+                raise SuiteError(where, f"models[{i}].tasks", f"{name!r} queries the classifier of {clf!r}: list it too")
+        if m.late_fusion:
+            for t in parsed_tasks:
+                module = str(recipe_value(t.recipe_text, "model.class_path") or "").rsplit(".", 1)[-1]
+                if m.runs(t.name) and late_fusion_task(t) and module != "FinetuneModule":
+                    raise SuiteError(where, f"models[{i}].late_fusion",
+                                     f"task {t.name!r} fine-tunes {module or 'an unknown module'}, which has no "
+                                     "late-fusion head (FinetuneModule has)")  # fmt: skip
     for label, items in (("models", parsed_models), ("tasks", parsed_tasks)):
         seen: set[str] = set()
         for i, item in enumerate(items):
@@ -481,10 +518,17 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
     contrasts = top.get("contrasts", [])
     if not isinstance(contrasts, list):
         raise SuiteError(where, "contrasts", f"expected a list of [model, against] pairs, got {contrasts!r}")
+    seen_pairs: set[frozenset[str]] = set()
     for i, pair in enumerate(contrasts):
         if not isinstance(pair, list) or len(pair) != 2 or any(p not in names for p in pair) or pair[0] == pair[1]:
             raise SuiteError(where, f"contrasts[{i}]", f"expected [model, against], two different models of the suite, "
                                                        f"got {pair!r}; models: {names}")  # fmt: skip
+        if baseline in pair:
+            raise SuiteError(where, f"contrasts[{i}]", f"{pair!r}: every model is tested against the baseline "
+                                                       f"{baseline!r} already")  # fmt: skip
+        if frozenset(pair) in seen_pairs:
+            raise SuiteError(where, f"contrasts[{i}]", f"{pair!r} is tested twice (Welch's test is symmetric)")
+        seen_pairs.add(frozenset(pair))
     return Suite(
         name=name,
         path=Path(path) if path is not None else None,
@@ -673,6 +717,11 @@ class _Reader:
                 previous=previous,
                 filter=filter_ if stage == "multimodal" else None,
             )
+            if previous.filter is not None:
+                captions = recipe_value(text, "data.init_args.captions", previous.args)
+                if str(captions) != "1":
+                    raise self.fail(f"{field}.filter", f"the filter scores each scene's primary caption; the multimodal "
+                                                       f"stage reads captions={captions!r} (use captions: '1')")  # fmt: skip
             out.append(previous)
         return PretrainSpec(tuple(out))
 
