@@ -211,6 +211,7 @@ def test_shipped_suites_parse():
     assert [m.name for m in shapes.models] == [
         "merged", "co_attention", "none", "merged_late_fusion", "merged_no_unimodal", "merged_contrastive",
         "merged_itm", "merged_full", "frozen_text", "text_stage", "noisy", "noisy_filtered", "random_init"]  # fmt: skip
+    assert shapes.name == "shapes"  # not a loop variable's last value
     m = {x.name: x for x in shapes.models}
     # the late-fusion row reuses merged's pretraining, but is a model of its own
     assert m["merged_late_fusion"].pretrain.final.key == m["merged"].pretrain.final.key

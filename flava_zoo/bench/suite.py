@@ -481,10 +481,10 @@ def parse_suite(raw: Any, path: str | Path | None = None, data_root: str | Path 
         unknown = sorted(set(m.tasks or ()) - set(task_names))
         if unknown:
             raise SuiteError(where, f"models[{i}].tasks", f"{unknown[0]!r} is not a task of the suite; tasks: {task_names}")
-        for name in m.tasks or ():
-            clf = by_task[name].classifier_task
+        for listed in m.tasks or ():
+            clf = by_task[listed].classifier_task
             if clf is not None and clf not in m.tasks:  # type: ignore[operator]
-                raise SuiteError(where, f"models[{i}].tasks", f"{name!r} queries the classifier of {clf!r}: list it too")
+                raise SuiteError(where, f"models[{i}].tasks", f"{listed!r} queries the classifier of {clf!r}: list it too")
         if m.late_fusion:
             for t in parsed_tasks:
                 module = str(recipe_value(t.recipe_text, "model.class_path") or "").rsplit(".", 1)[-1]
