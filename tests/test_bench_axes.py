@@ -207,8 +207,10 @@ def test_gpu_variant_scales_every_model_once_and_parses(tmp_path):
         assert (g.pretrain.final.filter is None) == (c.pretrain.final.filter is None)
     assert cpu.model("merged").pretrain.final.steps == 700  # the CPU suite is left as it is
     assert gpu.results.name == "results_shapes_gpu.jsonl" and gpu.work_dir.name == "shapes_gpu"
-    vqa = [o for o in gpu.task("vqa").overrides if o.startswith("--trainer.max_steps=")]
-    assert vqa == ["--trainer.max_steps=200"]
+    def steps(suite):
+        return [int(o.split("=")[1]) for o in suite.task("vqa").overrides if o.startswith("--trainer.max_steps=")]
+
+    assert steps(gpu) == [2 * steps(cpu)[0]]
     smoke = module.smoke(module.derive(raw, 2, 128))
     parsed = parse_suite(smoke)
     assert [m.name for m in parsed.models] == ["random_init"] and [t.name for t in parsed.tasks] == ["caption_entailment"]
