@@ -118,10 +118,13 @@ def main(argv: list[str] | None = None, prog: str = "flava-zoo bench") -> int:
     command = " ".join([prog, *map(shlex.quote, argv)])
     code = 0
     if args.action == "run":
-        from .runner import run_suite
+        from .runner import run_suite, terminated
 
-        summary = run_suite(suite, jobs=args.jobs, threads=args.threads, verbose=args.verbose,
-                            dry_run=args.dry_run, command=command)  # fmt: skip
+        try:
+            summary = run_suite(suite, jobs=args.jobs, threads=args.threads, verbose=args.verbose,
+                                dry_run=args.dry_run, command=command)  # fmt: skip
+        except KeyboardInterrupt:  # the runner said what was kept; no traceback
+            return 143 if terminated() else 130
         code = 0 if summary.ok else 1
         if args.dry_run or args.no_build:
             return code

@@ -801,6 +801,11 @@ _TERMINATED = threading.Event()
 """Set by SIGTERM during :func:`run_suite` (checked after each job and each command)."""
 
 
+def terminated() -> bool:
+    """Whether the last :func:`run_suite` was stopped by SIGTERM (exit status 143, not 130)."""
+    return _TERMINATED.is_set()
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit) stops a run as Ctrl-C does: finished cells
