@@ -370,7 +370,9 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
     widths = [max(2.0, 0.9 * len(panels[k]) + 1.0) for k in order]
     fig, axes = plt.subplots(1, len(order), figsize=(sum(widths) + 1.5, 4.8), dpi=110, squeeze=False,
                              gridspec_kw={"width_ratios": widths})  # fmt: skip
-    colours = plt.get_cmap("tab10")
+    palette = "tab10" if len(board.models) <= 10 else "tab20"  # one colour per model
+    colours = plt.get_cmap(palette)
+    ncolours = colours.N
     chance_drawn = False
     for ax, kind in zip(axes[0], order):
         rows = panels[kind]
@@ -389,7 +391,7 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
                 errors[1].append(high - c.value)
                 hatches.append("//" if isinstance(c, Average) and c.partial else "")
             bars = ax.bar(xs, heights, width, yerr=errors, capsize=2, label=model if kind == order[0] else None,
-                          color=colours(i % 10), edgecolor="white", linewidth=0.5,
+                          color=colours(i % ncolours), edgecolor="white", linewidth=0.5,
                           error_kw={"elinewidth": 0.8, "ecolor": "black"})  # fmt: skip
             for bar, hatch in zip(bars, hatches):
                 bar.set_hatch(hatch)
@@ -404,6 +406,8 @@ def write_chart(board: Leaderboard, path: str | Path, title: str = "") -> Path |
         ax.set_title(kind, fontsize=9)
         probe_metrics = sorted({by_name[label].metric for label, row_kind, _ in rows if row_kind == "probe"})
         ax.set_ylabel(", ".join(probe_metrics) if probe_metrics else f"{kind} ({UNIT})", fontsize=8)
+        if not probe_metrics:  # percentages: an interval past 0 or 100 (few seeds) is cut at the frame
+            ax.set_ylim(-5, 105)
         ax.grid(axis="y", alpha=0.3)
     seeds = f"; mean over {len(board.seeds)} seeds, 95% t intervals" if len(board.seeds) > 1 else ""
     fig.suptitle((title or "leaderboard") + seeds, fontsize=10)
