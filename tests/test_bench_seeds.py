@@ -131,6 +131,10 @@ def test_contrasts_test_pairs_beside_the_baseline():
     # rows: vqa, memes, multimodal average, macro average; 3 models against merged + 1 contrast
     assert count_tests(board) == 3 * 4 and count_tests(board, [("filtered", "noisy")]) == 4 * 4
     assert count_tests(_board(seeds=(0,))) == 0
+    extra = [record("far", "vqa", "vqa_accuracy", 90.0 + s / 10, s) for s in (0, 1, 2)]
+    extra += [record("far", "memes", "auroc", 60.0, s) for s in (0, 1, 2)]
+    far = aggregate([*records, *extra], [*values, "far"], TASKS, baseline="merged")
+    assert any(x.startswith("- `far` is above `merged` on `vqa`") and x.endswith("Welch p < 0.001.") for x in lessons(far))
 
 
 def test_one_seed_gives_no_interval_and_no_marks():

@@ -471,7 +471,7 @@ def lessons(board: Leaderboard, digits: int = 1, contrasts: Sequence[tuple[str, 
             where = f"`{label}` ({metric})" if metric else f"the {label}"
             side = "above" if c.mark == ABOVE else "below"
             out.append(f"- `{model}` is {side} `{against}` on {where}: {_cell_text(dataclasses.replace(c, mark=''), digits)}"
-                       f" vs {_cell_text(dataclasses.replace(base, mark=''), digits)}, Welch p = {_p(c.p)}.")  # fmt: skip
+                       f" vs {_cell_text(dataclasses.replace(base, mark=''), digits)}, Welch p {_p_clause(c.p)}.")  # fmt: skip
     if not out:
         against = f"`{board.baseline}`" if board.baseline is not None else "the contrasted models"
         return [f"No difference from {against} is significant at p < {ALPHA} (Welch's t-test over "
@@ -492,8 +492,9 @@ def count_tests(board: Leaderboard, contrasts: Sequence[tuple[str, str]] = ()) -
     return n
 
 
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+def _p_clause(p: float) -> str:
+    """``< 0.001`` or ``= 0.012``: what follows "p" in a sentence."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 # ------------------------------------------------------------------------------- cost
