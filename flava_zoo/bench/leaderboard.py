@@ -457,8 +457,7 @@ def lessons(board: Leaderboard, digits: int = 1, contrasts: Sequence[tuple[str, 
         return ["No design lesson is drawn: one seed gives no significance test."]
     if board.baseline is None and not contrasts:
         return ["No design lesson is drawn: the suite names no baseline."]
-    pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
-    pairs += [(m, a) for m, a in contrasts if m in board.models and a in board.models]
+    pairs = _tested_pairs(board, contrasts)
     out = []
     for model, against in pairs:
         for _, label, metric, _kind, cells in board.table():
@@ -479,11 +478,16 @@ def lessons(board: Leaderboard, digits: int = 1, contrasts: Sequence[tuple[str, 
     return out
 
 
+def _tested_pairs(board: Leaderboard, contrasts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``(model, against)``: each model against the baseline, then each contrast on the board."""
+    pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
+    return pairs + [(m, a) for m, a in contrasts if m in board.models and a in board.models]
+
+
 def count_tests(board: Leaderboard, contrasts: Sequence[tuple[str, str]] = ()) -> int:
     """How many Welch tests :func:`lessons` ran (cells with two or more seeds on both sides):
     at p < 0.05 about one in twenty of them is significant by chance alone."""
-    pairs = [(m, board.baseline) for m in board.models if board.baseline is not None and m != board.baseline]
-    pairs += [(m, a) for m, a in contrasts if m in board.models and a in board.models]
+    pairs = _tested_pairs(board, contrasts)
     n = 0
     for model, against in pairs:
         for *_, cells in board.table():
